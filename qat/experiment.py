@@ -1,0 +1,121 @@
+"""``run(cfg)``: build everything from a composed config, fit, test the best checkpoint, write
+``metrics.json`` and return the metric a sweep optimises. ``train.py`` is a thin Hydra entry over it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from qat.module import Classifier
+from qat.utils.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: DictConfig, datamodule) -> torch.nn.Module:
+    """The model factory gets the data facts (classes, channels, image size) from the data module:
+    they are stated once, in the data config or the files themselves."""
+    factory = hydra.utils.instantiate(cfg.model)
+    return factory(num_classes=datamodule.num_classes, in_channels=datamodule.in_channels,
+                   image_size=tuple(datamodule.image_size))
+
+
+def data_facts(datamodule) -> dict:
+    return {"num_classes": int(datamodule.num_classes), "in_channels": int(datamodule.in_channels),
+            "image_size": [int(s) for s in datamodule.image_size],
+            "class_names": list(getattr(datamodule, "class_names", []) or [])}
+
+
+def build_module(cfg: DictConfig, datamodule) -> Classifier:
+    model = build_model(cfg, datamodule)
+    recipe = hydra.utils.instantiate(cfg.quant)
+    model = recipe.prepare(model)
+    scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data_facts(datamodule)}
+    return Classifier(model, datamodule.num_classes, optimizer=hydra.utils.instantiate(cfg.optimizer),
+                      scheduler=scheduler, recipe=recipe, meta=meta)
+
+
+def _instantiate_group(node) -> list:
+    if not node:
+        return []
+    return [hydra.utils.instantiate(v) for v in node.values() if v is not None and "_target_" in v]
+
+
+def _flat_metrics(metrics: dict) -> dict:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                continue
+            v = v.item()
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
+
+
+@dataclass
+class Result:
+    trainer: pl.Trainer
+    module: Classifier
+    datamodule: pl.LightningDataModule
+    metrics: dict
+
+
+def train(cfg: DictConfig) -> Result:
+    """Fit, test the best checkpoint, write the resolved config and metrics.json."""
+    out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    # Data first: a bad root fails here, before any checkpoint, log or metric file is written.
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    module = build_module(cfg, datamodule)
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = _flat_metrics(trainer.callback_metrics)
+
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        ckpt = best if best else None
+        if ckpt is None:
+            log.warning("no best checkpoint was saved; testing the weights in memory")
+        log.info("testing %s", ckpt or "the final weights")
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
+        metrics.update(_flat_metrics(trainer.callback_metrics))
+
+    if trainer.is_global_zero:
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        log.info("metrics written to %s", out_dir / "metrics.json")
+    return Result(trainer, module, datamodule, metrics)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train and return the metric named by ``optimized_metric`` (what a sweep optimises)."""
+    metrics = train(cfg).metrics
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric '{name}' was not logged; available: {sorted(metrics)}")
+    value = metrics[name]
+    return value if math.isfinite(value) else None

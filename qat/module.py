@@ -1,0 +1,106 @@
+"""The Lightning module: cross-entropy classification of any ``nn.Module`` with a quantization recipe.
+
+The recipe's hooks run here, at fixed points of each step (see ``qat.quant.recipe.Recipe``):
+``penalty`` is added to the loss, ``after_optimizer_step`` runs after every optimizer step (latent
+weight clipping, ADMM updates), and ``finalize`` brings the weights to their deployed form (ADMM: W <- G)
+at the start of every test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class Classifier(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        recipe: Any = None,
+        meta: dict | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.recipe = recipe
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # Plain data (config, data facts) stored in every checkpoint, so that a checkpoint alone
+        # rebuilds the model (export, resume) and loads with weights_only=True.
+        self.meta = dict(meta or {})
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _shared_step(self, batch):
+        x, y = batch
+        logits = self.model(x)
+        return F.cross_entropy(logits, y), logits, y
+
+    def training_step(self, batch, batch_idx):
+        loss, logits, y = self._shared_step(batch)
+        if self.recipe is not None:
+            penalty = self.recipe.penalty(self.model)
+            if penalty is not None:
+                self.log("train/penalty", penalty, on_step=True, on_epoch=False)
+                loss = loss + penalty
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if self.recipe is not None:
+            self.recipe.after_optimizer_step(self.model, self.global_step)
+
+    def on_train_start(self):
+        self.val_acc_best.reset()
+        if self.recipe is not None:
+            self.recipe.on_train_start(self.model, self.trainer)
+
+    def on_test_start(self):
+        if self.recipe is not None:
+            self.recipe.finalize(self.model)
+
+    def validation_step(self, batch, batch_idx):
+        loss, logits, y = self._shared_step(batch)
+        self.val_acc(logits, y)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self):
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+
+    def test_step(self, batch, batch_idx):
+        loss, logits, y = self._shared_step(batch)
+        self.test_acc(logits, y)
+        self.log("test/loss", loss, on_step=False, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.model.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, total_steps=max(1, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["qat_meta"] = self.meta
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.meta = dict(checkpoint.get("qat_meta", self.meta))

@@ -1,0 +1,127 @@
+"""Quantized layers: torch's Conv2d and Linear with a weight quantizer and an input quantizer.
+
+With identity quantizers they compute exactly what the torch layers compute (the identity returns
+its input object, so not even a copy is made). ``QuantConvBn2d`` adds BatchNorm folding for the
+affine uint8 recipe (Jacob et al. 2018, section 3.2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _identity() -> nn.Module:
+    from qat.quant.quantizers import Identity
+
+    return Identity()
+
+
+class QuantMixin:
+    """Shared by the quantized layers: two quantizer submodules and a constructor from a float layer."""
+
+    weight_quant: nn.Module
+    input_quant: nn.Module
+
+    def _init_quantizers(self, weight_quant: nn.Module | None, input_quant: nn.Module | None) -> None:
+        self.weight_quant = weight_quant if weight_quant is not None else _identity()
+        self.input_quant = input_quant if input_quant is not None else _identity()
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight the forward pass uses (fake-quantized, in float)."""
+        return self.weight_quant(self.weight)
+
+
+class QuantConv2d(QuantMixin, nn.Conv2d):
+    def __init__(self, *args, weight_quant: nn.Module | None = None, input_quant: nn.Module | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantizers(weight_quant, input_quant)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_quant=None, input_quant=None) -> "QuantConv2d":
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
+                weight_quant=weight_quant, input_quant=input_quant)
+        q.weight = conv.weight
+        q.bias = conv.bias
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+class QuantLinear(QuantMixin, nn.Linear):
+    def __init__(self, *args, weight_quant: nn.Module | None = None, input_quant: nn.Module | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantizers(weight_quant, input_quant)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_quant=None, input_quant=None) -> "QuantLinear":
+        q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                device=linear.weight.device, dtype=linear.weight.dtype,
+                weight_quant=weight_quant, input_quant=input_quant)
+        q.weight = linear.weight
+        q.bias = linear.bias
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+class QuantConvBn2d(QuantConv2d):
+    """Conv2d followed by BatchNorm2d, with the BN folded into the quantized weights.
+
+    Folded weight w_f = w * gamma / sigma and bias b_f = beta - gamma * mu / sigma (Jacob et al.
+    2018, section 3.2), so training sees the same quantization error as integer inference.
+
+    Training, BN not frozen: the weights are folded with the *running* sigma, quantized, and the
+    convolution output is divided back by gamma / sigma before a BatchNorm with batch statistics.
+    This is the one-convolution form of the paper's correction (Krishnamoorthi 2018, "Quantizing deep
+    convolutional networks for efficient inference", section 3.2.2; torch.ao's ConvBn2d does the
+    same): the paper's figure C.8 runs a second float convolution to get the batch statistics first,
+    which doubles the convolution cost.
+
+    Eval, or BN frozen (``bn_frozen`` buffer, set late in training): running statistics, folded
+    weights and bias, exactly the deployed computation.
+    """
+
+    def __init__(self, *args, bn: nn.BatchNorm2d | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bn = bn if bn is not None else nn.BatchNorm2d(self.out_channels)
+        self.register_buffer("bn_frozen", torch.tensor(False))
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_quant=None, input_quant=None, bn: nn.BatchNorm2d | None = None):
+        if bn is None or not isinstance(bn, nn.BatchNorm2d) or not bn.affine or not bn.track_running_stats:
+            raise ValueError("QuantConvBn2d folds an affine BatchNorm2d that tracks running statistics")
+        q = super().from_float(conv, weight_quant, input_quant)
+        q.bn = bn
+        return q
+
+    def _fold_scale(self) -> torch.Tensor:
+        return self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+
+    def folded_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float folded weight (before quantization) and bias, from the running statistics."""
+        scale = self._fold_scale()
+        w = self.weight * scale.reshape(-1, 1, 1, 1)
+        bias = self.bias if self.bias is not None else torch.zeros_like(self.bn.running_mean)
+        b = self.bn.bias + (bias - self.bn.running_mean) * scale
+        return w, b
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quant(self.folded_weight_and_bias()[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_quant(x)
+        if self.training and not bool(self.bn_frozen):
+            scale = self._fold_scale()
+            w_q = self.weight_quant(self.weight * scale.reshape(-1, 1, 1, 1))
+            y = self._conv_forward(x, w_q, None) / scale.reshape(1, -1, 1, 1)
+            if self.bias is not None:
+                y = y + self.bias.reshape(1, -1, 1, 1)
+            return self.bn(y)
+        w, b = self.folded_weight_and_bias()
+        return self._conv_forward(x, self.weight_quant(w), b)

@@ -1,0 +1,113 @@
+"""Recipes: how a model is quantized and which hooks run during training.
+
+A recipe is built from a Hydra config in ``configs/quant/``. It validates its values at
+construction (a bad value raises ``ValueError`` saying what to change), swaps layers once when the
+model is built (``prepare``), and its hooks run from the Lightning module at fixed points of every
+step: ``penalty`` is added to the loss, ``after_optimizer_step`` runs after each optimizer step,
+``finalize`` brings weights to their deployed form before test and export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from qat.quant.prepare import check_policy, prepare, quantized_layers
+
+
+class Recipe:
+    """Base recipe: full precision, every hook a no-op."""
+
+    name = "fp32"
+    quantized = False
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Return the model with its layers swapped for quantized ones (in place)."""
+        return model
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to the training loss (ADMM's augmented Lagrangian), or None."""
+        return None
+
+    def on_train_start(self, model: nn.Module, trainer) -> None:
+        pass
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """``step`` is the number of optimizer steps taken so far (Lightning's global_step)."""
+
+    def finalize(self, model: nn.Module) -> None:
+        """Bring the weights to their deployed form before test and export (ADMM: W <- G).
+        Must be idempotent: it runs at every test start."""
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+class FP32(Recipe):
+    """No quantization: the baseline every recipe is compared with."""
+
+
+def check_bits(bits: int, low: int = 1, high: int = 16, what: str = "bits") -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not low <= bits <= high:
+        raise ValueError(f"{what} must be an integer in [{low}, {high}], got {bits!r}")
+    return bits
+
+
+def check_positive(value: float, what: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def check_step(value: int | None, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a non-negative step count or null, got {value!r}")
+    return value
+
+
+class QuantRecipe(Recipe):
+    """A recipe that swaps layers with ``qat.quant.prepare``.
+
+    Subclasses define ``weight_quantizer(layer)`` and ``input_quantizer(layer)``; ``first``, ``last``
+    and ``overrides`` choose per-layer policies (see ``qat.quant.prepare``).
+    """
+
+    quantized = True
+    fold_bn = False
+    activation = None  # factory replacing every nn.ReLU, or None
+    default_first = "quant"
+    default_last = "quant"
+
+    def __init__(self, first: str | None = None, last: str | None = None,
+                 overrides: Mapping[str, str] | None = None):
+        self.first = check_policy(first if first is not None else self.default_first, "first")
+        self.last = check_policy(last if last is not None else self.default_last, "last")
+        self.overrides = {str(k): check_policy(str(v), f"overrides['{k}']") for k, v in dict(overrides or {}).items()}
+
+    def weight_quantizer(self, layer: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def input_quantizer(self, layer: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def make_quantizers(self, name: str, layer: nn.Module, policy: str):
+        from qat.quant.quantizers import AffineQuant, Identity
+
+        if policy == "int8":
+            return AffineQuant(bits=8, per_channel=True, symmetric=True), AffineQuant(bits=8, per_channel=False)
+        wq = self.weight_quantizer(layer)
+        iq = self.input_quantizer(layer) if policy == "quant" else Identity()
+        return wq, iq
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return prepare(model, self)
+
+    def layers(self, model: nn.Module):
+        return quantized_layers(model)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "first": self.first, "last": self.last, "overrides": dict(self.overrides)}
