@@ -102,6 +102,9 @@ def train(cfg: DictConfig) -> Result:
         log.info("testing %s", ckpt or "the final weights")
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
         metrics.update(_flat_metrics(trainer.callback_metrics))
+    # Callbacks that measure something after the test (export verification) publish it here.
+    for cb in callbacks:
+        metrics.update(_flat_metrics(getattr(cb, "extra_metrics", None) or {}))
 
     if trainer.is_global_zero:
         atomic_write_json(out_dir / "metrics.json", metrics)

@@ -32,7 +32,7 @@ class BNN(QuantRecipe):
 
     @staticmethod
     def activation() -> nn.Module:
-        return nn.Hardtanh(inplace=True)
+        return nn.Hardtanh()
 
     def weight_quantizer(self, layer):
         return SignQuant()

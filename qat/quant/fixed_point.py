@@ -3,7 +3,8 @@ fixed, see ``qat.quant.functional``) and min-max ``int`` (Vanhoucke et al. 2011)
 
 Weights and layer inputs are quantized to ``bits`` (inputs to ``act_bits``, default ``bits``), with a
 straight-through estimator so that the networks train; the scale factor ``sf`` comes from the data
-by the overflow-rate rule.
+by the overflow-rate rule: recomputed at every step for weights (they move), fixed after the first
+training batch for layer inputs (stored in a buffer, so checkpoints keep it).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class LinearFixedPoint(_FixedPoint):
     name = "linear"
 
     def weight_quantizer(self, layer):
-        return LinearQuant(self.bits, overflow_rate=self.overflow_rate)
+        return LinearQuant(self.bits, overflow_rate=self.overflow_rate, calibrate="always")
 
     def input_quantizer(self, layer):
         return LinearQuant(self.act_bits, overflow_rate=self.overflow_rate)
@@ -44,7 +45,7 @@ class LogFixedPoint(_FixedPoint):
     name = "log"
 
     def weight_quantizer(self, layer):
-        return LogQuant(self.bits, overflow_rate=self.overflow_rate)
+        return LogQuant(self.bits, overflow_rate=self.overflow_rate, calibrate="always")
 
     def input_quantizer(self, layer):
         return LogQuant(self.act_bits, overflow_rate=self.overflow_rate)

@@ -117,9 +117,12 @@ class QuantConvBn2d(QuantConv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_quant(x)
         if self.training and not bool(self.bn_frozen):
-            scale = self._fold_scale()
+            # gamma / sigma is a constant for autograd: under the straight-through estimator its two
+            # occurrences (fold, unfold) cancel, so gamma learns through the BatchNorm as in float
+            # training, and the backward pass skips two full passes over the activations.
+            scale = self._fold_scale().detach()
             w_q = self.weight_quant(self.weight * scale.reshape(-1, 1, 1, 1))
-            y = self._conv_forward(x, w_q, None) / scale.reshape(1, -1, 1, 1)
+            y = self._conv_forward(x, w_q, None) * scale.reciprocal().reshape(1, -1, 1, 1)
             if self.bias is not None:
                 y = y + self.bias.reshape(1, -1, 1, 1)
             return self.bn(y)
