@@ -34,6 +34,7 @@ class ADMMTernaryWeight(nn.Module):
         self.register_buffer("G", torch.zeros(shape))
         self.register_buffer("U", torch.zeros(shape))
         self.register_buffer("rho", torch.tensor(float(rho)))
+        self.register_buffer("alpha", torch.zeros(shape[0] if per_channel else ()))
         self.register_buffer("updates", torch.tensor(0, dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("finalized", torch.tensor(False))
@@ -41,13 +42,25 @@ class ADMMTernaryWeight(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w
 
-    def project(self, v: torch.Tensor) -> torch.Tensor:
-        return self.quantize(v).dequantize().to(v.dtype)
-
-    def quantize(self, w: torch.Tensor) -> Codes:
-        alpha, q = ternary_projection(w.detach(), per_channel=self.per_channel)
+    def _codes(self, q: torch.Tensor, alpha: torch.Tensor) -> Codes:
         return Codes(codes=q, scale=alpha, zero_point=torch.zeros_like(alpha, dtype=torch.int32),
                      bits=2, axis=0 if self.per_channel else None, kind="ternary")
+
+    @torch.no_grad()
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """Proj(v) onto alpha * {-1, 0, 1}; remembers alpha so that the codes of the result are exact."""
+        alpha, q = ternary_projection(v.detach(), per_channel=self.per_channel)
+        self.alpha.copy_(alpha)
+        return self._codes(q, alpha).dequantize().to(v.dtype)
+
+    def quantize(self, w: torch.Tensor) -> Codes:
+        """Ternary codes of ``w``. Once finalized, W = alpha * Q exactly, with the alpha kept from the
+        projection (recomputing <W, Q> / <Q, Q> could differ in the last bit)."""
+        w = w.detach()
+        if bool(self.finalized):
+            return self._codes(torch.sign(w).to(torch.int8), self.alpha.clone())
+        alpha, q = ternary_projection(w, per_channel=self.per_channel)
+        return self._codes(q, alpha)
 
     def extra_repr(self) -> str:
         return f"per_channel={self.per_channel}, rho={float(self.rho):.3g}, updates={int(self.updates)}"
