@@ -10,7 +10,6 @@ machine hits all alike. Reports the median over rounds of ms/step and the ratio 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -23,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 
 from qat.config import compose_config  # noqa: E402
-from qat.models.resnet import BasicBlock  # noqa: E402
 
 RECIPES = ["fp32", "bnn", "bwn", "twn", "admm_ternary", "qat_uint8", "linear", "log", "tanh", "int"]
 
@@ -33,37 +31,6 @@ def build(recipe: str, model: str):
     net = hydra.utils.instantiate(cfg.model)(num_classes=10, in_channels=3, image_size=(32, 32))
     rec = hydra.utils.instantiate(cfg.quant)
     return rec.prepare(net), rec
-
-
-def build_torch_ao(model: str):
-    """torch.ao eager-mode QAT: fuse conv-bn(-relu), default fbgemm QAT qconfig, prepare_qat."""
-    import torch.ao.quantization as tq
-
-    net, _ = build("fp32", model)
-    if model != "resnet20":
-        raise SystemExit("the torch.ao comparison is written for resnet20")
-    net.train()
-    groups = [["conv1", "bn1", "relu"]]
-    for lname in ("layer1", "layer2", "layer3"):
-        for i, blk in enumerate(getattr(net, lname)):
-            assert isinstance(blk, BasicBlock)
-            groups += [[f"{lname}.{i}.conv1", f"{lname}.{i}.bn1", f"{lname}.{i}.relu1"],
-                       [f"{lname}.{i}.conv2", f"{lname}.{i}.bn2"]]
-    net = tq.fuse_modules_qat(net, groups)
-    net.qconfig = tq.get_default_qat_qconfig("fbgemm")
-    tq.prepare_qat(net, inplace=True)
-    return net, None
-
-
-class NoHooks:
-    def penalty(self, m):
-        return None
-
-    def after_optimizer_step(self, m, s):
-        pass
-
-    def on_train_start(self, m, t):
-        pass
 
 
 class FakeTrainer:
@@ -102,10 +69,9 @@ def main() -> None:
         net, rec = build(r, args.model)
         variants[r] = (net, rec)
     if not args.no_torch_ao:
-        variants["torch.ao QAT (fbgemm)"] = build_torch_ao(args.model)
+        variants["torch.ao eager QAT (torch_ao_qat)"] = build("torch_ao_qat", args.model)
     state = {}
     for name, (net, rec) in variants.items():
-        rec = rec or NoHooks()
         net.train()
         rec.on_train_start(net, FakeTrainer())
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)

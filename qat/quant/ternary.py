@@ -6,7 +6,8 @@ ADMM, for every quantized layer: minimise f(W) subject to W in alpha * {-1, 0, +
 augmented Lagrangian f(W) + (rho / 2) ||W - G + U||^2. W is trained by SGD on it (the forward pass
 uses the float W); every ``update_every`` steps G <- Proj(W + U) (``ternary_projection``: alternate
 Q = clamp(round((W + U) / alpha), -1, 1) and alpha = <W + U, Q> / <Q, Q>) and U <- U + W - G; rho
-grows by ``rho_growth`` at each update up to ``rho_max``. ``finalize`` replaces W by G, so the model
+grows by ``rho_growth`` at each update up to ``rho_max`` (by default, geometrically from ``rho`` to
+``rho_max`` over the run, so that W ends close to G whatever the budget). ``finalize`` replaces W by G, so the model
 is tested and exported in its exact ternary form. G, U, rho and the update count are buffers of
 ``ADMMTernaryWeight``, so checkpoints carry them.
 """
@@ -86,14 +87,18 @@ class ADMMTernary(QuantRecipe):
     default_first = "fp32"
     default_last = "fp32"
 
-    def __init__(self, rho: float = 1e-4, rho_growth: float = 1.1, rho_max: float = 1.0,
-                 update_every: int = 100, per_channel: bool = False, **policies):
+    def __init__(self, rho: float = 1e-3, rho_growth: float | None = None, rho_max: float = 1.0,
+                 update_every: int = 50, per_channel: bool = False, **policies):
         super().__init__(**policies)
         self.rho = check_positive(rho, "admm_ternary rho")
         self.rho_max = check_positive(rho_max, "admm_ternary rho_max")
-        if rho_growth < 1:
-            raise ValueError(f"admm_ternary rho_growth must be >= 1 (rho never shrinks), got {rho_growth}")
-        self.rho_growth = float(rho_growth)
+        if self.rho_max < self.rho:
+            raise ValueError(f"admm_ternary rho_max ({rho_max}) must be >= rho ({rho})")
+        if rho_growth is not None and not rho_growth >= 1:
+            raise ValueError(f"admm_ternary rho_growth must be >= 1 (rho never shrinks) or null, got {rho_growth}")
+        # None: grow geometrically from rho to rho_max over the whole run (set in on_train_start).
+        self.rho_growth = None if rho_growth is None else float(rho_growth)
+        self._growth = self.rho_growth or 1.0
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"admm_ternary update_every must be a positive step count, got {update_every!r}")
         self.update_every = update_every
@@ -110,6 +115,10 @@ class ADMMTernary(QuantRecipe):
 
     @torch.no_grad()
     def on_train_start(self, model, trainer) -> None:
+        if self.rho_growth is None:
+            total = max(1, int(getattr(trainer, "estimated_stepping_batches", 1) or 1))
+            n_updates = max(1, total // self.update_every)
+            self._growth = (self.rho_max / self.rho) ** (1.0 / n_updates)
         for _, layer in self._admm_layers(model):
             q = layer.weight_quant
             if not bool(q.initialized):  # fresh run; a resumed run keeps its G and U
@@ -135,7 +144,7 @@ class ADMMTernary(QuantRecipe):
             q.G.copy_(q.project(w + q.U))
             q.U.add_(w - q.G)
             q.updates.add_(1)
-            q.rho.copy_(torch.clamp(q.rho * self.rho_growth, max=self.rho_max))
+            q.rho.copy_(torch.clamp(q.rho * self._growth, max=self.rho_max))
 
     @torch.no_grad()
     def finalize(self, model) -> None:
