@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qat.module import Classifier
+from qat.utils.checkpoint_io import AtomicCheckpointIO
 from qat.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,32 @@ class Result:
     metrics: dict
 
 
+def resolve_ckpt_path(cfg: DictConfig) -> Path | None:
+    """``ckpt_path=PATH`` as given, or with ``resume=true`` this run's ``checkpoints/last.ckpt``."""
+    path = cfg.get("ckpt_path")
+    if path is None and cfg.get("resume", False):
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(f"resume=true but there is no {path}: pass the interrupted run's folder as "
+                                    f"hydra.run.dir=..., or a checkpoint as ckpt_path=...")
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path {path} does not exist")
+    return path
+
+
+def check_checkpoint_fits(path: Path, datamodule) -> None:
+    """Fail before training when the checkpoint was trained on data of another shape."""
+    meta = torch.load(path, map_location="cpu", weights_only=True).get("qat_meta", {}).get("data", {})
+    for key in ("num_classes", "in_channels"):
+        theirs, ours = meta.get(key), getattr(datamodule, key)
+        if theirs is not None and int(theirs) != int(ours):
+            raise ValueError(f"checkpoint {path} was trained with {key}={theirs}, but the data has {key}={ours}; "
+                             f"use a checkpoint trained on this data, or the data it was trained on")
+
+
 def train(cfg: DictConfig) -> Result:
     """Fit, test the best checkpoint, write the resolved config and metrics.json."""
     out_dir = Path(cfg.paths.output_dir)
@@ -79,11 +106,15 @@ def train(cfg: DictConfig) -> Result:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path is not None:
+        check_checkpoint_fits(ckpt_path, datamodule)
 
     module = build_module(cfg, datamodule)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                  plugins=[AtomicCheckpointIO()])
 
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +122,7 @@ def train(cfg: DictConfig) -> Result:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = _flat_metrics(trainer.callback_metrics)
 
     if cfg.get("test", True):
@@ -100,7 +131,7 @@ def train(cfg: DictConfig) -> Result:
         if ckpt is None:
             log.warning("no best checkpoint was saved; testing the weights in memory")
         log.info("testing %s", ckpt or "the final weights")
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(_flat_metrics(trainer.callback_metrics))
     # Callbacks that measure something after the test (export verification) publish it here.
     for cb in callbacks:

@@ -18,6 +18,10 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
 class Classifier(pl.LightningModule):
     def __init__(
         self,
@@ -40,6 +44,7 @@ class Classifier(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps the best so far
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -56,6 +61,13 @@ class Classifier(pl.LightningModule):
             if penalty is not None:
                 self.log("train/penalty", penalty, on_step=True, on_epoch=False)
                 loss = loss + penalty
+        if not torch.isfinite(loss):
+            # Stop before backward and the optimizer step: the weights and the checkpoints on disk
+            # stay those of the last good step.
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}); stopping. Checkpoints already written are kept. Lower optimizer.lr, "
+                f"or resume from the last checkpoint with ckpt_path=... or resume=true.")
         self.train_acc(logits.detach(), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -67,7 +79,6 @@ class Classifier(pl.LightningModule):
             self.recipe.after_optimizer_step(self.model, self.global_step)
 
     def on_train_start(self):
-        self.val_acc_best.reset()
         if self.recipe is not None:
             self.recipe.on_train_start(self.model, self.trainer)
 
@@ -82,6 +93,8 @@ class Classifier(pl.LightningModule):
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:  # a few batches of an untrained model are no "best"
+            return
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
 
@@ -101,6 +114,17 @@ class Classifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["qat_meta"] = self.meta
+        # Global RNG (stochastic binarization, anything else drawing from torch's default generator),
+        # for an exact resume; the data module stores its own shuffle and augmentation generators.
+        checkpoint["qat_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["qat_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.meta = dict(checkpoint.get("qat_meta", self.meta))
+        rng = checkpoint.get("qat_rng")
+        trainer = getattr(self, "_trainer", None)
+        if rng and trainer is not None and trainer.state.fn == "fit":
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])

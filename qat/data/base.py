@@ -124,6 +124,10 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.info: dict[str, Any] = {}
         self._aug_generator: torch.Generator | None = None
         self._aug_state: torch.Tensor | None = None
+        # The train loader's shuffle generator advances once per epoch; its state goes into
+        # checkpoints so that a resumed run draws the same batch order as an uninterrupted one.
+        self._shuffle_generator: torch.Generator | None = None
+        self._shuffle_state: torch.Tensor | None = None
 
     # ---- subclass interface -------------------------------------------------------------------
     def _load_data(self, download: bool) -> LoadedData:
@@ -192,9 +196,12 @@ class InMemoryImageDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Lightning stores this in checkpoints: the augmentation RNG, for an exact resume."""
-        if self._aug_generator is None:
-            return {}
-        return {"augment_rng_state": self._aug_generator.get_state()}
+        state = {}
+        if self._aug_generator is not None:
+            state["augment_rng_state"] = self._aug_generator.get_state()
+        if self._shuffle_generator is not None:
+            state["shuffle_rng_state"] = self._shuffle_generator.get_state()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         st = state_dict.get("augment_rng_state")
@@ -202,6 +209,11 @@ class InMemoryImageDataModule(pl.LightningDataModule):
             self._aug_state = st.clone()
             if self._aug_generator is not None:
                 self._aug_generator.set_state(self._aug_state)
+        st = state_dict.get("shuffle_rng_state")
+        if st is not None:
+            self._shuffle_state = st.clone()
+            if self._shuffle_generator is not None:
+                self._shuffle_generator.set_state(self._shuffle_state)
 
     # ---- public helpers -----------------------------------------------------------------------
     def augment_generator(self) -> torch.Generator:
@@ -255,7 +267,10 @@ class InMemoryImageDataModule(pl.LightningDataModule):
     def _loader(self, ds: TensorImageDataset, batch_size: int, shuffle: bool) -> DataLoader:
         kwargs: dict[str, Any] = {}
         if shuffle:
-            kwargs["generator"] = torch.Generator().manual_seed(_mix_seed(self.seed, 0, 0))
+            g = torch.Generator().manual_seed(_mix_seed(self.seed, 0, 0))
+            if self._shuffle_state is not None:
+                g.set_state(self._shuffle_state)
+            self._shuffle_generator = kwargs["generator"] = g
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=passthrough_collate, pin_memory=self.pin_memory, drop_last=False,
                           persistent_workers=self.num_workers > 0, **kwargs)

@@ -3,6 +3,7 @@ an interrupted write never leaves a valid-looking partial file and the previous 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -19,11 +20,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "the earlier file is kept" if path.exists() else "nothing was written"
+            raise OSError(err.errno, f"{err.strerror} while writing {path}; {kept}. Free some space "
+                                     f"and run again (or resume=true).") from err
         raise
     return path
 
