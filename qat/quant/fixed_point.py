@@ -22,9 +22,23 @@ class _FixedPoint(QuantRecipe):
             raise ValueError(f"{self.name} overflow_rate must be in [0, 1), got {overflow_rate!r}")
         self.overflow_rate = float(overflow_rate)
 
+    def make(self, bits: int, weights: bool):
+        raise NotImplementedError
+
+    def weight_quantizer(self, layer):
+        return self.make(self.bits, weights=True)
+
+    def input_quantizer(self, layer):
+        return self.make(self.act_bits, weights=False)
+
     def describe(self) -> dict:
         return {**super().describe(), "bits": self.bits, "act_bits": self.act_bits,
                 "overflow_rate": self.overflow_rate}
+
+
+def _calibrate(weights: bool) -> str:
+    # Weights move every step: recalibrate sf each time; inputs: once, on the first training batch.
+    return "always" if weights else "once"
 
 
 class LinearFixedPoint(_FixedPoint):
@@ -32,44 +46,33 @@ class LinearFixedPoint(_FixedPoint):
 
     name = "linear"
 
-    def weight_quantizer(self, layer):
-        return LinearQuant(self.bits, overflow_rate=self.overflow_rate, calibrate="always")
-
-    def input_quantizer(self, layer):
-        return LinearQuant(self.act_bits, overflow_rate=self.overflow_rate)
+    def make(self, bits, weights):
+        return LinearQuant(bits, overflow_rate=self.overflow_rate, calibrate=_calibrate(weights))
 
 
 class LogFixedPoint(_FixedPoint):
-    """Logarithmic: sign(x) * exp(linear_quantize(log|x|))."""
+    """Logarithmic: sign(x) * exp(linear_quantize(log|x|)); ``bits`` counts the sign bit."""
 
     name = "log"
 
-    def weight_quantizer(self, layer):
-        return LogQuant(self.bits, overflow_rate=self.overflow_rate, calibrate="always")
-
-    def input_quantizer(self, layer):
-        return LogQuant(self.act_bits, overflow_rate=self.overflow_rate)
+    def make(self, bits, weights):
+        return LogQuant(bits, overflow_rate=self.overflow_rate, calibrate=_calibrate(weights))
 
 
 class TanhFixedPoint(_FixedPoint):
-    """Tanh: arctanh of the uniformly quantized tanh(x)."""
+    """Tanh: arctanh of the uniformly quantized tanh(x); no scale factor to calibrate."""
 
     name = "tanh"
 
-    def weight_quantizer(self, layer):
-        return TanhQuant(self.bits)
-
-    def input_quantizer(self, layer):
-        return TanhQuant(self.act_bits)
+    def make(self, bits, weights):
+        return TanhQuant(bits)
 
 
 class MinMaxInt(_FixedPoint):
-    """Min-max linear (Vanhoucke et al. 2011): q = round((x - Vmin) / (Vmax - Vmin) * (2^bits - 1))."""
+    """Min-max linear (Vanhoucke et al. 2011): q = round((x - Vmin) / (Vmax - Vmin) * (2^bits - 1)),
+    all 2^bits levels; weights use their own range, inputs a running (EMA) range."""
 
     name = "int"
 
-    def weight_quantizer(self, layer):
-        return MinMaxQuant(self.bits)
-
-    def input_quantizer(self, layer):
-        return MinMaxQuant(self.act_bits)
+    def make(self, bits, weights):
+        return MinMaxQuant(bits, observer="current" if weights else "ema")
