@@ -89,7 +89,8 @@ class Classifier(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         loss, logits, y = self._shared_step(batch)
         self.val_acc(logits, y)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        # sync_dist: under DDP the epoch mean over every rank's data, not rank 0's share (no-op on one process).
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self):
@@ -101,7 +102,7 @@ class Classifier(pl.LightningModule):
     def test_step(self, batch, batch_idx):
         loss, logits, y = self._shared_step(batch)
         self.test_acc(logits, y)
-        self.log("test/loss", loss, on_step=False, on_epoch=True)
+        self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):

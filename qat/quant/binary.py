@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qat.quant.layers import QuantLinear
 from qat.quant.quantizers import BinaryWeightQuant, Identity, SignQuant
 from qat.quant.recipe import QuantRecipe, check_positive
 
@@ -18,17 +19,29 @@ class BNN(QuantRecipe):
     hard tanh, as in the paper, so the sign sees BatchNorm's output on both sides of zero.
 
     Layer defaults, as in the paper: every layer has binary weights; the first layer sees the
-    real-valued image (``first: weights_only``); the classifier sees binary activations.
+    real-valued image (``first: weights_only``); the classifier sees binary activations and is
+    followed by a BatchNorm (``logit_bn``).
     """
 
     name = "bnn"
     default_first = "weights_only"
     default_last = "quant"
 
-    def __init__(self, stochastic: bool = False, latent_clip: float = 1.0, **policies):
+    def __init__(self, stochastic: bool = False, latent_clip: float = 1.0, logit_bn: bool = True, **policies):
         super().__init__(**policies)
         self.stochastic = bool(stochastic)
         self.latent_clip = check_positive(latent_clip, "bnn latent_clip")
+        self.logit_bn = bool(logit_bn)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Swap layers; then, as in the paper, a BatchNorm follows a binarized classifier: its outputs
+        are integers up to the fan-in (64 for ResNet-20), far too large for a softmax."""
+        model = super().prepare(model)
+        if self.logit_bn and self.last != "fp32":
+            name, last = self.layers(model)[-1]
+            if isinstance(last, QuantLinear) and isinstance(last.weight_quant, SignQuant):
+                model.set_submodule(name, nn.Sequential(last, nn.BatchNorm1d(last.out_features)))
+        return model
 
     @staticmethod
     def activation() -> nn.Module:
@@ -50,7 +63,8 @@ class BNN(QuantRecipe):
         self.after_optimizer_step(model, 0)
 
     def describe(self) -> dict:
-        return {**super().describe(), "stochastic": self.stochastic, "latent_clip": self.latent_clip}
+        return {**super().describe(), "stochastic": self.stochastic, "latent_clip": self.latent_clip,
+                "logit_bn": self.logit_bn}
 
 
 class BWN(QuantRecipe):

@@ -23,7 +23,10 @@ def test_bnn_prepare_swaps_every_layer_and_activation(name):
     names = [n for n, _ in quantizable_layers(model)]
     BNN().prepare(model)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
-    assert list(layers) == names
+    # The binarized classifier is followed by a BatchNorm1d (logit_bn), as in the paper.
+    assert list(layers) == names[:-1] + [names[-1] + ".0"]
+    assert isinstance(model.get_submodule(names[-1] + ".1"), nn.BatchNorm1d)
+    names[-1] += ".0"
     assert not any(type(m) in (nn.Conv2d, nn.Linear) for m in model.modules())
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
     first, last = layers[names[0]], layers[names[-1]]
@@ -91,3 +94,10 @@ def test_qat_uint8_folds_bn_and_matches_float_model_before_quantization(name):
         if isinstance(m, AffineQuant):
             m.disable_fake_quant()
     assert torch.allclose(model.eval()(x), ref, atol=1e-4)
+
+
+def test_bnn_logit_bn_only_after_a_binarized_classifier():
+    model = BNN(logit_bn=False).prepare(build("resnet20"))
+    assert isinstance(model.fc, QuantLinear)
+    model = BNN(last="fp32").prepare(build("resnet20"))
+    assert type(model.fc) is nn.Linear
