@@ -29,9 +29,17 @@ def build_model(cfg: DictConfig, datamodule) -> torch.nn.Module:
 
 
 def data_facts(datamodule) -> dict:
+    facts = _data_facts(datamodule)
+    return {k: v for k, v in facts.items() if v != []}
+
+
+def _data_facts(datamodule) -> dict:
     return {"num_classes": int(datamodule.num_classes), "in_channels": int(datamodule.in_channels),
             "image_size": [int(s) for s in datamodule.image_size],
-            "class_names": list(getattr(datamodule, "class_names", []) or [])}
+            "class_names": list(getattr(datamodule, "class_names", []) or []),
+            # the normalisation, so that an export runs on raw pixels without the data set
+            "mean": [float(v) for v in getattr(datamodule, "mean", ()) or ()],
+            "std": [float(v) for v in getattr(datamodule, "std", ()) or ()]}
 
 
 def build_module(cfg: DictConfig, datamodule) -> Classifier:

@@ -2,17 +2,20 @@
 
 Each (model, recipe) pair is one ``python train.py`` run in ``OUT/<model>-<recipe>/``; a run whose
 metrics.json exists is skipped, so an interrupted benchmark resumes. Then a markdown table of test
-accuracy (best-on-validation checkpoint), best validation accuracy, gap to fp32 and wall time is
+accuracy (best-on-validation checkpoint), best validation accuracy, gap to fp32, and the export check (agreement, bytes) is
 written to ``OUT/table.md`` and printed.
 
     python scripts/bench_recipes.py --data-root /tmp/cifar10 --epochs 3 \\
         --runs resnet20:fp32,bnn,bwn,twn,admm_ternary,qat_uint8,torch_ao_qat,linear,log,tanh,int vgg_small:fp32,bnn
+
+Copies started side by side on the same OUT share the work (a lock file per run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -37,29 +40,39 @@ def main() -> None:
         for recipe in recipes.split(","):
             run_dir = out / f"{model}-{recipe}"
             metrics_file = run_dir / "metrics.json"
+            lock = run_dir / ".bench_lock"
             if not metrics_file.exists():
+                # Several copies of this script may share OUT (one per core): each run goes to one.
+                run_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    print(f".. {model} {recipe} is running elsewhere; skipped", flush=True)
+                    continue
                 cmd = [sys.executable, str(ROOT / "train.py"), f"quant={recipe}", f"model={model}", "data=cifar10",
                        f"data.root={args.data_root}", "data.download=false", f"trainer.max_epochs={args.epochs}",
                        "callbacks.progress_bar.refresh_rate=50", f"hydra.run.dir={run_dir}", *args.extra]
                 print("$", " ".join(cmd[1:]), flush=True)
                 t0 = time.time()
                 proc = subprocess.run(cmd, cwd=ROOT)
+                lock.unlink()
                 if proc.returncode != 0:
                     print(f"!! {model} {recipe} failed (exit {proc.returncode}); see {run_dir}", flush=True)
                     continue
-                (run_dir / "wall_seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
+                print(f".. {model} {recipe}: {time.time() - t0:.0f} s", flush=True)
             metrics = json.loads(metrics_file.read_text())
-            wall = (run_dir / "wall_seconds.txt").read_text().strip() if (run_dir / "wall_seconds.txt").exists() else "?"
-            rows.append((model, recipe, metrics, wall))
+            rows.append((model, recipe, metrics))
     base = {m: r[2]["test/acc"] for r in rows for m in [r[0]] if r[1] == "fp32"}
     lines = [f"Budget: {args.epochs} epochs per run, batch 128, the recipe's defaults; test accuracy of the "
              "best-on-validation checkpoint.", "",
-             "| model | recipe | test acc | best val acc | gap to fp32 (points) | wall s |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for model, recipe, m, wall in rows:
-        gap = f"{100 * (m['test/acc'] - base[model]):+.1f}" if model in base else "-"
+             "| model | recipe | test acc % | best val acc % | gap to fp32 (points) | export agreement | export bytes |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for model, recipe, m in rows:
+        gap = f"{100 * (m['test/acc'] - base[model]):+.2f}" if model in base else "-"
+        agree = f"{m['export/agreement']:.4f}" if "export/agreement" in m else "-"
+        size = f"{int(m['export/size_bytes']):,}" if "export/size_bytes" in m else "-"
         lines.append(f"| {model} | {recipe} | {100 * m['test/acc']:.2f} | {100 * m.get('val/acc_best', float('nan')):.2f}"
-                     f" | {gap} | {wall} |")
+                     f" | {gap} | {agree} | {size} |")
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)

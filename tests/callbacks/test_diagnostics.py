@@ -112,7 +112,7 @@ def test_hparams_hold_recipe_optimizer_and_model():
 
     hp = run_hparams(OmegaConf.to_container(cfg, resolve=True), BNN(latent_clip=0.7))
     assert hp["quant"] == "bnn" and hp["quant/latent_clip"] == 0.7
-    assert hp["optimizer"] == "SGD" and hp["optimizer/lr"] == 0.01
+    assert hp["optimizer"] == "Adam" and hp["optimizer/lr"] == 0.01
     assert hp["model"] == "resnet20" and hp["data"] == "SyntheticDataModule"
     assert all(isinstance(v, (bool, int, float, str)) for v in hp.values())
 

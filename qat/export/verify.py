@@ -1,0 +1,65 @@
+"""Agreement between the fake-quant model and an export (the runtime, or onnxruntime).
+
+``agreement`` is the fraction of inputs whose top-1 class is the same. Each disagreement is listed
+with the model's own top-2 margin (``logit[top1] - logit[top2]``), so a reader can check that it
+is a near-tie (the documented cause) rather than an error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from qat.utils.io import atomic_write_text
+
+
+@torch.no_grad()
+def compare(model: torch.nn.Module, predict: Callable[[torch.Tensor], torch.Tensor],
+            batches: Iterable[tuple[torch.Tensor, torch.Tensor]], keep: int = 20) -> dict:
+    """Run ``model`` and ``predict`` on every ``(x, y)`` batch (``x`` float32 network input)."""
+    model.eval()
+    n = correct = model_correct = same = 0
+    max_diff = 0.0
+    seconds = 0.0
+    disagreements = []
+    for x, y in batches:
+        ref = model(x)
+        t0 = time.perf_counter()
+        out = predict(x)
+        seconds += time.perf_counter() - t0
+        p_ref, p_out = ref.argmax(1), out.argmax(1)
+        correct += int((p_out == y).sum())
+        model_correct += int((p_ref == y).sum())
+        agree = p_ref == p_out
+        same += int(agree.sum())
+        max_diff = max(max_diff, float((ref - out).abs().max()))
+        for i in torch.nonzero(~agree).flatten().tolist():
+            top2 = ref[i].topk(2).values
+            if len(disagreements) < keep:
+                disagreements.append({"index": n + i, "label": int(y[i]), "model": int(p_ref[i]),
+                                      "export": int(p_out[i]), "model_margin": float(top2[0] - top2[1])})
+        n += int(y.numel())
+    if n == 0:
+        raise ValueError("no data to verify the export on (empty test split?)")
+    return {"n": n, "acc": correct / n, "model_acc": model_correct / n, "agreement": same / n,
+            "disagreements": n - same, "max_abs_logit_diff": max_diff, "examples": disagreements,
+            "images_per_s": n / seconds if seconds > 0 else float("inf")}
+
+
+def test_batches(datamodule, limit: int | None = None):
+    """``(float input, labels)`` of the test split, preprocessed for evaluation."""
+    for i, (x, y) in enumerate(datamodule.test_dataloader()):
+        if limit is not None and i >= limit:
+            break
+        yield datamodule.preprocess(x, train=False), y
+
+
+def write_report(folder: str | Path, report: dict) -> Path:
+    """``verification.json`` next to the export (a report about it, not part of the artifact)."""
+    path = Path(folder) / "verification.json"
+    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return path
