@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write model.onnx (default: for qat_uint8)")
     ap.add_argument("--no-onnx", dest="onnx", action="store_false")
     ap.add_argument("overrides", nargs="*", help="data.key=value overrides for --verify / normalisation")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # options may follow the overrides
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         restored = load_checkpoint(args.checkpoint)
