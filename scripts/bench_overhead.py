@@ -20,24 +20,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from qat.callbacks.timing import StepTimer  # noqa: E402
 from qat.experiment import build_module  # noqa: E402
 from qat.config import compose_config as compose_cfg  # noqa: E402
-
-
-class StepTimer(pl.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.t0, self.n = warmup, None, 0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if batch_idx >= self.warmup:
-            self.n += 1
-
-    def seconds_per_step(self) -> float:
-        return (time.perf_counter() - self.t0) / self.n
 
 
 def lightning_round(cfg, dm, steps: int, warmup: int, out: Path) -> float:

@@ -13,35 +13,19 @@ Both must be at most 3 %. Slow (minutes): ``python -m pytest -m slow -s tests/ca
 """
 
 import statistics
-import time
 
 import hydra
 import pytest
 import pytorch_lightning as pl
 
 from qat.callbacks.diagnostics import QuantDiagnostics
+from qat.callbacks.timing import StepTimer
 from qat.experiment import build_module
 from tests.conftest import compose_cfg
 
 DEFAULT_EVERY = 100
 EVERY = 10
 STEPS, WARMUP, ROUNDS, BATCH = 24, 3, 3, 128
-
-
-class StepTimer(pl.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.t0, self.n = warmup, None, 0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if batch_idx >= self.warmup:
-            self.n += 1
-
-    def seconds_per_step(self) -> float:
-        return (time.perf_counter() - self.t0) / self.n
 
 
 def one_round(cfg, dm, out, diagnostics: bool):
