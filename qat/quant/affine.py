@@ -17,10 +17,10 @@ from torch import nn
 
 from qat.quant.layers import QuantConvBn2d
 from qat.quant.quantizers import AffineQuant
-from qat.quant.recipe import QuantRecipe, check_positive
+from qat.quant.recipe import QuantRecipe
 
 
-def _check_when(value, what: str):
+def check_when(value, what: str):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -33,6 +33,13 @@ def _check_when(value, what: str):
     return value
 
 
+def steps_at(value, total_steps: int) -> int | None:
+    """A schedule point as a step count: fractions (floats) of ``total_steps``, step counts as they are."""
+    if value is None:
+        return None
+    return int(round(value * total_steps)) if isinstance(value, float) else value
+
+
 class QATUint8(QuantRecipe):
     name = "qat_uint8"
     fold_bn = True
@@ -43,10 +50,10 @@ class QATUint8(QuantRecipe):
         self.per_channel = bool(per_channel)
         if not 0 < ema_decay < 1:
             raise ValueError(f"qat_uint8 ema_decay must be in (0, 1), got {ema_decay}")
-        self.ema_decay = float(check_positive(ema_decay, "ema_decay"))
-        self.quant_delay = _check_when(quant_delay, "quant_delay")
-        self.freeze_bn = _check_when(freeze_bn, "freeze_bn")
-        self.freeze_observers = _check_when(freeze_observers, "freeze_observers")
+        self.ema_decay = float(ema_decay)
+        self.quant_delay = check_when(quant_delay, "quant_delay")
+        self.freeze_bn = check_when(freeze_bn, "freeze_bn")
+        self.freeze_observers = check_when(freeze_observers, "freeze_observers")
         self._steps: dict[str, int | None] = {}
 
     def weight_quantizer(self, layer):
@@ -62,11 +69,8 @@ class QATUint8(QuantRecipe):
 
     def on_train_start(self, model, trainer) -> None:
         total = max(1, int(getattr(trainer, "estimated_stepping_batches", 1) or 1))
-
-        def at(v):
-            return None if v is None else (int(round(v * total)) if isinstance(v, float) else v)
-
-        self._steps = {"quant": at(self.quant_delay), "bn": at(self.freeze_bn), "obs": at(self.freeze_observers)}
+        self._steps = {"quant": steps_at(self.quant_delay, total), "bn": steps_at(self.freeze_bn, total),
+                       "obs": steps_at(self.freeze_observers, total)}
         self._apply(model, int(trainer.global_step))
 
     def after_optimizer_step(self, model, step: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qat.quant.affine import _check_when
+from qat.quant.affine import check_when, steps_at
 from qat.quant.recipe import Recipe
 
 
@@ -45,8 +45,8 @@ class TorchAOQAT(Recipe):
         if backend not in ("fbgemm", "x86", "qnnpack"):
             raise ValueError(f"torch_ao_qat backend must be fbgemm, x86 or qnnpack, got {backend!r}")
         self.backend = backend
-        self.freeze_bn = _check_when(freeze_bn, "freeze_bn")
-        self.freeze_observers = _check_when(freeze_observers, "freeze_observers")
+        self.freeze_bn = check_when(freeze_bn, "freeze_bn")
+        self.freeze_observers = check_when(freeze_observers, "freeze_observers")
         self._steps: dict[str, int | None] = {}
         self._done: dict[str, bool] = {}
 
@@ -62,8 +62,7 @@ class TorchAOQAT(Recipe):
 
     def on_train_start(self, model, trainer) -> None:
         total = max(1, int(getattr(trainer, "estimated_stepping_batches", 1) or 1))
-        at = lambda v: None if v is None else (int(round(v * total)) if isinstance(v, float) else v)  # noqa: E731
-        self._steps = {"bn": at(self.freeze_bn), "obs": at(self.freeze_observers)}
+        self._steps = {"bn": steps_at(self.freeze_bn, total), "obs": steps_at(self.freeze_observers, total)}
         self.after_optimizer_step(model, int(trainer.global_step))
 
     def after_optimizer_step(self, model, step: int) -> None:
