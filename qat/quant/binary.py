@@ -59,8 +59,9 @@ class BNN(QuantRecipe):
             if isinstance(layer.weight_quant, SignQuant):
                 layer.weight.clamp_(-self.latent_clip, self.latent_clip)
 
-    def on_train_start(self, model, trainer) -> None:
-        self.after_optimizer_step(model, 0)
+    def on_train_start(self, model, total_steps=None, step: int = 0) -> None:
+        super().on_train_start(model, total_steps, step)
+        self.after_optimizer_step(model, step)
 
     def describe(self) -> dict:
         return {**super().describe(), "stochastic": self.stochastic, "latent_clip": self.latent_clip,
