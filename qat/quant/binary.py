@@ -40,7 +40,10 @@ class BNN(QuantRecipe):
         if self.logit_bn and self.last != "fp32":
             name, last = self.layers(model)[-1]
             if isinstance(last, QuantLinear) and isinstance(last.weight_quant, SignQuant):
-                model.set_submodule(name, nn.Sequential(last, nn.BatchNorm1d(last.out_features)))
+                head = nn.Sequential(last, nn.BatchNorm1d(last.out_features))
+                if not name:  # the model is the classifier itself
+                    return head
+                model.set_submodule(name, head)
         return model
 
     @staticmethod

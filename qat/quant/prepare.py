@@ -181,7 +181,10 @@ def prepare(model: nn.Module, recipe) -> nn.Module:
             new = QuantConv2d.from_float(layer, wq, iq)
         else:
             new = QuantLinear.from_float(layer, wq, iq)
-        model.set_submodule(name, new)
+        if name:
+            model.set_submodule(name, new)
+        else:  # the model is a single layer: the result is its quantized version
+            model = new
         rows.append((name, type(new).__name__, policy, _bits(wq), _bits(iq)))
     left = float_layers_left(model)
     rows += [(n, type(m).__name__, "float (unsupported)", "float", "float") for n, m in left]
