@@ -75,7 +75,7 @@ class ExportCallback(pl.Callback):
         """From a ``QATCallback`` on the trainer, else the module's ``recipe`` and ``model``."""
         from qat.callbacks.recipe_hooks import QATCallback
 
-        for cb in trainer.callbacks:
+        for cb in getattr(trainer, "callbacks", ()):
             if isinstance(cb, QATCallback):
                 return cb.recipe, cb.network(pl_module)
         return getattr(pl_module, "recipe", None), getattr(pl_module, "model", pl_module)
