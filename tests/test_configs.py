@@ -51,7 +51,7 @@ def test_model_options_instantiate(name, extra, tmp_path):
 def test_custom_model_needs_a_factory(tmp_path):
     cfg = compose_cfg(["model=custom"], output_dir=tmp_path)
     with pytest.raises(Exception, match="factory"):
-        hydra.utils.instantiate(cfg.model)
+        build_model(cfg, SimpleNamespace(num_classes=10, in_channels=3, image_size=(32, 32)))
 
 
 @pytest.mark.parametrize("name", options("quant"))
