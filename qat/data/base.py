@@ -70,6 +70,23 @@ def holdout_split(n: int, n_val: int, seed: int) -> tuple[torch.Tensor, torch.Te
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+def class_interleaved(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fixed, seeded order of ``labels`` (a permutation) in which the classes are interleaved, so
+    that any prefix — a limited evaluation such as ``trainer.limit_test_batches=2`` — holds every class
+    in proportion to its share. Within a class the order is a seeded shuffle; sample ``i`` of a class of
+    ``n`` goes to position key ``(i + 1/2) / n``, keys are sorted (ties by class index)."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    g = torch.Generator().manual_seed(_mix_seed(seed, 3, 0))
+    keys = torch.empty(labels.numel(), dtype=torch.float64)
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        keys[idx] = (torch.arange(idx.numel(), dtype=torch.float64) + 0.5) / idx.numel()
+    # stable sort on (key, class): ties keep class order
+    order = torch.argsort(labels.to(torch.float64), stable=True)
+    return order[torch.argsort(keys[order], stable=True)]
+
+
 def _mix_seed(seed: int, stream: int, rank: int) -> int:
     return (int(seed) * 0x9E3779B1 + stream * 0x85EBCA77 + rank * 0xC2B2AE3D) % (2**63 - 1)
 
@@ -161,6 +178,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         else:
             tr, va = holdout_split(data.train_images.shape[0], self._val_holdout_size(data.train_images.shape[0]),
                                    self.split_seed)
+            va = va[class_interleaved(data.train_labels.index_select(0, va), self.split_seed)]
             train_x, train_y = data.train_images.index_select(0, tr), data.train_labels.index_select(0, tr)
             val_x, val_y = data.train_images.index_select(0, va), data.train_labels.index_select(0, va)
         self.train_set = TensorImageDataset(train_x, train_y)

@@ -9,6 +9,10 @@ Rules: classes are the sorted sub-folder names of ``train/`` (or a fixed list, m
 files without an image extension (with a warning); an empty class folder or split is an error.
 Image size and channels come from the files (see :mod:`qat.data.decode`): every image must have the
 size of the first unless ``image_size`` is given, in which case all are resized to it.
+
+Order: ``train/`` is stored in class order (the loader shuffles it); ``val/`` and ``test/`` are
+stored in a fixed, seeded, class-interleaved order (:func:`~qat.data.base.class_interleaved`), so a
+limited evaluation (``trainer.limit_test_batches=2``) sees every class.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from qat.data.base import InMemoryImageDataModule, LoadedData, as_hw
+from qat.data.base import InMemoryImageDataModule, LoadedData, as_hw, class_interleaved
 from qat.data.cache import cache_dirs, fingerprint, load_cache, save_cache
 from qat.data.decode import IMAGE_EXTENSIONS, decode_images
 from qat.data.errors import DataFormatError, DataRootError
@@ -30,6 +34,7 @@ from qat.data.errors import DataFormatError, DataRootError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+EVAL_ORDER_SEED = 0  # the stored order of val/ and test/ (class-interleaved), the same for every run
 
 
 def _visible_entries(d: Path) -> list[os.DirEntry]:
@@ -50,7 +55,8 @@ def _class_files(class_dir: Path) -> tuple[list[Path], list[str]]:
 def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None = None,
                       required: Sequence[str] = ("train", "test"), optional: Sequence[str] = ("val",)
                       ) -> tuple[list[str], dict[str, tuple[list[Path], list[int]]]]:
-    """Check the layout and list the files: ``(class_names, {split: (files, labels)})``.
+    """Check the layout and list the files: ``(class_names, {split: (files, labels)})``, train in
+    class order, val and test class-interleaved (see the module docstring).
 
     ``class_names=None``: the sorted sub-folders of ``train/``; otherwise the folder names must be
     exactly these names, and label ``i`` is ``class_names[i]``. Splits in ``required`` must exist;
@@ -113,6 +119,9 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
         absent = sorted(set(classes) - {e.name for e in dirs})
         if absent:
             log.warning("%s/ has no images of classes %s", split, absent)
+        if split != "train":
+            order = class_interleaved(torch.tensor(labels), EVAL_ORDER_SEED).tolist()
+            files, labels = [files[i] for i in order], [labels[i] for i in order]
         out[split] = (files, labels)
     if skipped_all:
         warnings.warn(f"ignored {len(skipped_all)} non-image entries under '{root.resolve()}', e.g. "
