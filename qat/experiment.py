@@ -45,6 +45,10 @@ def _data_facts(datamodule) -> dict:
 def build_module(cfg: DictConfig, datamodule) -> Classifier:
     model = build_model(cfg, datamodule)
     recipe = hydra.utils.instantiate(cfg.quant)
+    precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
+    if "mixed" in precision and not getattr(recipe, "mixed_precision", True):
+        raise ValueError(f"quant={getattr(recipe, 'name', type(recipe).__name__)} does not train under "
+                         f"trainer.precision={precision}; use trainer.precision=32-true")
     model = recipe.prepare(model)
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data_facts(datamodule)}
