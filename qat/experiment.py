@@ -56,6 +56,12 @@ def build_module(cfg: DictConfig, datamodule) -> Classifier:
                       scheduler=scheduler, recipe=recipe, meta=meta)
 
 
+def trainer_config(cfg: DictConfig) -> tuple[dict, bool]:
+    """The Trainer's arguments from ``cfg.trainer``, and qat's own ``channels_last`` key taken out of them."""
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return trainer_cfg, bool(trainer_cfg.pop("channels_last", False))
+
+
 def _instantiate_group(node) -> list:
     if not node:
         return []
@@ -123,9 +129,15 @@ def train(cfg: DictConfig) -> Result:
         check_checkpoint_fits(ckpt_path, datamodule)
 
     module = build_module(cfg, datamodule)
+    if cfg.get("compile", False):
+        # In place (nn.Module.compile): parameter names, checkpoints and exports are unchanged.
+        module.model.compile()
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+    trainer_cfg, channels_last = trainer_config(cfg)
+    if channels_last:
+        module.model.to(memory_format=torch.channels_last)
+    trainer: pl.Trainer = hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
                                                   plugins=[AtomicCheckpointIO()])
 
     if trainer.is_global_zero:
