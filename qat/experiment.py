@@ -89,10 +89,14 @@ class Result:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> Path | None:
-    """``ckpt_path=PATH`` as given, or with ``resume=true`` this run's ``checkpoints/last.ckpt``."""
+    """``ckpt_path=PATH`` as given, or with ``resume=true`` this run's ``checkpoints/last.ckpt`` (an error if
+    absent); ``resume=auto``: that checkpoint if it exists, else a fresh start (preemptible jobs)."""
     path = cfg.get("ckpt_path")
-    if path is None and cfg.get("resume", False):
+    resume = cfg.get("resume", False)
+    if path is None and resume:
         path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if resume == "auto" and not path.is_file():  # a job that may be requeued: first start, or resume
+            return None
         if not path.is_file():
             raise FileNotFoundError(f"resume=true but there is no {path}: pass the interrupted run's folder as "
                                     f"hydra.run.dir=..., or a checkpoint as ckpt_path=...")
