@@ -12,8 +12,8 @@ TINY = ["data=synthetic", "data.image_size=8", "data.n_train=64", "data.n_val=32
         "+trainer.enable_model_summary=false"]
 
 
-def check(res, quant):
-    ckpt = torch.load(res.trainer.checkpoint_callback.last_model_path, map_location="cpu", weights_only=True)
+def check(res, quant, out):
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any("_orig_mod" in k for k in ckpt["state_dict"])  # compiled in place: eager names
     if quant != "fp32":
         assert res.metrics["export/agreement"] >= (0.995 if quant == "qat_uint8" else 1.0), res.metrics
@@ -22,7 +22,7 @@ def check(res, quant):
 def test_compile_true_trains_and_exports(tmp_path):
     res = train(compose_cfg([*TINY, "model=mlp", "model.hidden=32", "quant=bnn", "compile=true"], output_dir=tmp_path))
     assert res.module.model._compiled_call_impl is not None
-    check(res, "bnn")
+    check(res, "bnn", tmp_path)
 
 
 @pytest.mark.slow  # inductor compiles a ResNet-20 per recipe: minutes on 2 cores
@@ -31,11 +31,12 @@ def test_compile_true_every_benchmarked_recipe_on_resnet20(quant, tmp_path):
     extra = ["quant.quant_delay=1"] if quant == "qat_uint8" else []
     res = train(compose_cfg([*TINY, "model=resnet20", "model.width=4", f"quant={quant}", *extra, "compile=true"],
                             output_dir=tmp_path))
-    check(res, quant)
+    check(res, quant, tmp_path)
 
 
+@pytest.mark.slow  # trainer=gpu's channels_last, checked on CPU
 def test_channels_last_on_cpu_trains_and_exports(tmp_path):
     res = train(compose_cfg([*TINY, "model=resnet20", "model.width=4", "quant=bnn", "trainer.channels_last=true"],
                             output_dir=tmp_path))
     assert res.module.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    check(res, "bnn")
+    check(res, "bnn", tmp_path)

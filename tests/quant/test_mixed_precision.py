@@ -13,10 +13,10 @@ RUN = ["data=synthetic", "data.image_size=8", "data.n_train=96", "data.n_val=32"
        "data.batch_size=32", "data.eval_batch_size=128", "model=resnet20", "model.width=4", "trainer.max_epochs=1",
        "trainer.precision=bf16-mixed", "logger=csv", "callbacks.progress_bar.refresh_rate=0",
        "+trainer.enable_model_summary=false", "+callbacks.probe._target_=tests.helpers.DtypeProbe"]
-# A few seconds of CPU each: three recipes in CI, the others with -m slow.
+# About 10 s of CPU each: a binary and the 8-bit recipe in CI, the others with -m slow.
 SLOW = pytest.mark.slow
-RECIPES = ["bnn", "admm_ternary", "qat_uint8", "fp32", *(pytest.param(q, marks=SLOW) for q in
-                                                          ("bwn", "twn", "linear", "log", "tanh", "int"))]
+RECIPES = ["bnn", "qat_uint8", *(pytest.param(q, marks=SLOW) for q in
+                                 ("admm_ternary", "fp32", "bwn", "twn", "linear", "log", "tanh", "int"))]
 
 
 def probe(result):
