@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--recipes", default="fp32,bnn,qat_uint8,admm_ternary")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--breaks-only", action="store_true", help="only list the graph breaks (no timing)")
     args = ap.parse_args()
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, 32, 32)
@@ -53,6 +54,9 @@ def main() -> None:
         net.train()
         rec.on_train_start(net, FakeTrainer())
         breaks = graph_breaks(copy.deepcopy(net), x)
+        if args.breaks_only:
+            print(json.dumps({"recipe": r, **breaks}), flush=True)
+            continue
         comp = copy.deepcopy(net)
         comp.compile()
         opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in (("eager", net), ("compiled", comp))}

@@ -29,7 +29,7 @@ def test_groups_have_the_promised_options():
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_options_instantiate(name, tmp_path):
-    over = [f"data={name}"] + (["data.root=" + str(tmp_path)] if name == "imagefolder" else [])
+    over = [f"data={name}"] + (["data.root=" + str(tmp_path)] if name in ("imagefolder", "shards") else [])
     cfg = compose_cfg(over, output_dir=tmp_path)
     dm = hydra.utils.instantiate(cfg.data)
     assert hasattr(dm, "train_dataloader")
