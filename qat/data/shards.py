@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from qat.data.augment import BatchPreprocess, channel_stats
+from qat.data.augment import BatchPreprocess
 from qat.data.base import InMemoryImageDataModule, as_hw
 from qat.data.errors import DataRootError
 from qat.data.streaming import decode_bytes, make_transform, seeded_transform
