@@ -12,25 +12,18 @@ import torch
 from qat.export import export_model
 from qat.export.c import Unsupported, generate, plan
 from qat.export.c.__main__ import main as cli
+from qat.export.c.toolchain import build_example, cortex_m4_link_symbols, cortex_m4_sizes
 from qat.runtime import load, load_artifact
 from tests.export.models import NORM, SHAPE, deployed
 
 GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed")
-CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"]
 
 
 def export(tmp_path, model, recipe):
     m, r = deployed(model, recipe)
     return export_model(m, tmp_path / f"{recipe}_{model}", input_shape=SHAPE, normalization=NORM, recipe=r,
                         onnx=False).folder
-
-
-def build(folder, out):
-    sources = sorted(str(p) for p in folder.glob("*.c")) + [str(folder / "example" / "main.c")]
-    subprocess.run([GCC, *CFLAGS, f"-I{folder}", *sources, "-o", str(out)], check=True, capture_output=True,
-                   text=True)
-    return out
 
 
 def run(binary, images: torch.Tensor, tmp_path) -> np.ndarray:
@@ -45,7 +38,7 @@ def run(binary, images: torch.Tensor, tmp_path) -> np.ndarray:
 @pytest.mark.parametrize("recipe", ["bnn", "qat_uint8"])
 def test_program_matches_runtime(tmp_path, recipe, model):
     folder, p = generate(export(tmp_path, model, recipe), tmp_path / "program")
-    binary = build(folder, tmp_path / "classify")
+    binary = build_example(folder, tmp_path / "classify")  # gcc -std=c99 -O2 -Wall -Wextra -Werror
     images = torch.randint(0, 256, (300, *SHAPE), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     out = run(binary, images, tmp_path)
     program = load(tmp_path / f"{recipe}_{model}")
@@ -94,3 +87,20 @@ def test_refuses_float_ops(tmp_path, capsys, recipe, op):
     assert op in capsys.readouterr().err
     assert not (tmp_path / "program").exists()
     assert "## Standalone C program" in (folder / "summary.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="apt-get install gcc-arm-none-eabi")
+@pytest.mark.parametrize("recipe", ["bnn", "qat_uint8"])
+def test_cortex_m4_cross_compile(tmp_path, recipe):
+    """-mcpu=cortex-m4 -mthumb -Os -Werror; the model's constants land in flash (.text/.rodata), its
+    arena and scratch in .bss, nothing in .data."""
+    folder, p = generate(export(tmp_path, "vgg_small", recipe), tmp_path / "program")
+    sizes = cortex_m4_sizes(folder)
+    assert sizes["model"]["bss"] == p.ram_bytes
+    assert sizes["model"]["text"] >= p.flash_bytes
+    assert sizes["total"]["data"] == 0
+    # it links into a firmware image with no floating-point helper from libgcc
+    symbols = cortex_m4_link_symbols(folder, tmp_path)
+    assert "qat_predict" in symbols
+    assert not [s for s in symbols if re.match(r"__aeabi_[fd]|__(add|sub|mul|div)[sd]f3", s)]
