@@ -20,7 +20,7 @@ import numpy as np
 
 from qat.export.c import fold, layouts
 from qat.export.errors import ExportError
-from qat.runtime import packing, quantize as Q
+from qat.runtime import packing
 
 CTYPE_BYTES = {"uint8_t": 1, "int8_t": 1, "int16_t": 2, "int32_t": 4, "uint64_t": 8}
 ACT_CTYPE = {"codes": "uint8_t", "bits": "uint64_t", "acc": "int32_t"}
@@ -79,7 +79,6 @@ class Plan:
     arena_bytes: int
     scratch_elems: int
     recipe: str
-    covers: str
 
     @property
     def flash_bytes(self) -> int:
@@ -362,7 +361,7 @@ class Planner:
     def finish(self) -> Plan:
         self.fuse()
         arena = 8
-        for k, st in enumerate(self.steps):
+        for st in self.steps:
             src = st.src.nbytes if st.src.kind != "image" else 0
             dst = st.dst.nbytes if st.dst is not None else 0
             arena = max(arena, src + dst)
@@ -371,10 +370,8 @@ class Planner:
                 st.offset = 0 if k % 2 == 0 else arena - st.dst.nbytes
         scratch = max([st.args["scratch"] for st in self.steps if st.kind == "int_conv"], default=0)
         _, c, h, w = self.m["input"]["shape"]
-        kinds = {st.kind for st in self.steps}
-        covers = "binary" if "binary_conv" in kinds else "8-bit" if "int_conv" in kinds else "integer"
         return Plan(int(c), int(h), int(w), int(self.steps[-1].src.c), self.frac, self.steps, arena, scratch,
-                    self.m.get("recipe", {}).get("name", "?"), covers)
+                    self.m.get("recipe", {}).get("name", "?"))
 
 
 def plan(manifest: dict, tensors: dict) -> Plan:

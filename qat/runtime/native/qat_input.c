@@ -1,10 +1,13 @@
 #include "qat_input.h"
 
+#include "qat_internal.h"
+
 int qat_input_codes(const uint8_t *pixels, int64_t n, int32_t c, int32_t h, int32_t w,
                     const uint8_t *table, uint8_t *out)
 {
     int64_t i, y, x, ch;
-    if (!pixels || !table || !out || n <= 0 || c <= 0 || h <= 0 || w <= 0)
+    if (!pixels || !table || !out || n <= 0 || c <= 0 || h <= 0 || w <= 0 ||
+        n > QAT_MAX_ELEMS / ((int64_t)c * h * w))
         return QAT_EARG;
     for (i = 0; i < n; i++)
         for (ch = 0; ch < c; ch++) {
@@ -22,8 +25,7 @@ int qat_input_conv(const qat_conv_geom *g, const uint8_t *pixels, const int32_t 
                    const int8_t *w, int32_t *acc, int32_t row0, int32_t row1)
 {
     int64_t r, ox, o, ky, kx, ch, k_len;
-    if (!g || !pixels || !table || !w || !acc || qat_conv_geom_check(g) != QAT_OK || row0 < 0 ||
-        row1 < row0 || (int64_t)row1 > (int64_t)g->n * g->ho)
+    if (!g || !pixels || !table || !w || !acc || qat_rows_check(g, row0, row1) != QAT_OK)
         return QAT_EARG;
     k_len = (int64_t)g->kh * g->kw * g->c_in;
     for (r = row0; r < row1; r++) {

@@ -1,13 +1,6 @@
 #include "qat_scores.h"
 
-/* floor((v + 2^(s-1)) / 2^s) without shifting a negative number (implementation-defined in C99) */
-static int64_t round_shift(int64_t v, int s)
-{
-    if (s == 0)
-        return v;
-    v += (int64_t)1 << (s - 1);
-    return v >= 0 ? v >> s : -((-(v + 1)) >> s) - 1;
-}
+#include "qat_internal.h"
 
 int qat_scores(const int32_t *acc, int32_t c, const int32_t *m0, const int8_t *s, const int32_t *bias,
                int32_t *scores)
@@ -19,7 +12,10 @@ int qat_scores(const int32_t *acc, int32_t c, const int32_t *m0, const int8_t *s
         if (s[k] < 0 || s[k] > 62)
             return QAT_EARG;
     for (k = 0; k < c; k++) {
-        scores[k] = (int32_t)(round_shift((int64_t)acc[k] * m0[k], s[k]) + bias[k]);
+        int64_t v = (int64_t)acc[k] * m0[k];
+        if (s[k] > 0)
+            v += (int64_t)1 << (s[k] - 1);
+        scores[k] = (int32_t)(qat_floor_shift(v, s[k]) + bias[k]);
         if (scores[k] > scores[best])
             best = k;
     }

@@ -3,7 +3,6 @@ a library compiled here with -Werror, against numpy / torch."""
 
 import ctypes
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -11,18 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from qat.runtime.native.library import ConvGeom, ptr
+from tests.runtime.native.cbuild import build_library
 
-NATIVE = __import__("pathlib").Path(__file__).resolve().parents[3] / "qat" / "runtime" / "native"
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    so = tmp_path_factory.mktemp("lib") / "libprogram.so"
-    subprocess.run(["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
-                    *(str(NATIVE / f) for f in ("qat_input.c", "qat_scores.c", "geom.c")), "-o", str(so)],
-                   check=True, capture_output=True)
-    lib = ctypes.CDLL(str(so))
+    lib = build_library(tmp_path_factory.mktemp("lib"), ["qat_input.c", "qat_scores.c", "geom.c"])
     P, I, L = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
     lib.qat_input_codes.argtypes = [P, L, I, I, I, P, P]
     lib.qat_input_conv.argtypes = [ctypes.POINTER(ConvGeom), P, P, P, P, I, I]
