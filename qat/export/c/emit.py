@@ -108,19 +108,22 @@ class Emitter:
         a = st.src
         return self.check(f"qat_input_codes({src}, 1, {a.c}, {a.h}, {a.w}, {self.const(st, 'table')}, {dst})")
 
+    def acc_or_bits(self, st, dst) -> str:
+        """The output arguments of a convolution writing int32 accumulators or thresholded bits."""
+        if st.dst.kind == "bits":
+            return f"NULL, {self.const(st, 't')}, {self.const(st, 'dir')}, {dst}"
+        return f"{dst}, NULL, NULL, NULL"
+
     def emit_input_conv(self, st, src, dst):
         g = self.geom(st, "qat_conv_geom")
         return self.check(f"qat_input_conv(&{g}, {src}, {self.const(st, 'table')}, {self.const(st, 'w')}, "
-                          f"{dst}, 0, {st.geom['ho']})")
+                          f"{self.acc_or_bits(st, dst)}, 0, {st.geom['ho']})")
 
     def emit_binary_conv(self, st, src, dst):
         g = self.geom(st, "qat_conv_geom")
         w = self.const(st, "w")
-        if st.dst.kind == "bits":
-            out = f"NULL, {self.const(st, 't')}, {self.const(st, 'dir')}, {dst}"
-        else:
-            out = f"{dst}, NULL, NULL, NULL"
-        return self.check(f"qat_binary_conv2d_scalar(&{g}, {src}, {w}, {out}, 0, {st.geom['ho']})")
+        return self.check(f"qat_binary_conv2d_scalar(&{g}, {src}, {w}, {self.acc_or_bits(st, dst)}, 0, "
+                          f"{st.geom['ho']})")
 
     def requant(self, st) -> str:
         name = f"s{self.p.steps.index(st):02d}_{st.ident}_rq"

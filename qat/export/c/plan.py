@@ -322,8 +322,8 @@ class Planner:
 
     # ------------------------------------------------------------------ fusion, buffers
     def fuse(self) -> None:
-        """Output stages into the convolution before them: conv + threshold -> conv writing packed
-        signs; binary conv + maxpool + threshold -> that, then max pooling of the bits; int conv +
+        """Output stages into the convolution before them: binary or input conv + threshold -> conv
+        writing packed signs; binary conv + maxpool + threshold -> that, then max pooling of the bits; int conv +
         requantize -> conv writing uint8 codes."""
         out, s = [], self.steps
         i = 0
@@ -331,7 +331,7 @@ class Planner:
             st = s[i]
             nxt = s[i + 1] if i + 1 < len(s) else None
             after = s[i + 2] if i + 2 < len(s) else None
-            if st.kind == "binary_conv" and nxt and nxt.kind == "threshold":
+            if st.kind in ("binary_conv", "input_conv") and nxt and nxt.kind == "threshold":
                 st.consts.update(nxt.consts)
                 st.dst = nxt.dst
                 out.append(st)

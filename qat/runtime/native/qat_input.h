@@ -14,10 +14,15 @@ int qat_input_codes(const uint8_t *pixels, int64_t n, int32_t c, int32_t h, int3
                     const uint8_t *table, uint8_t *out);
 
 /* A convolution of the normalised image in fixed point, zero padding (a real zero, as the model):
- * acc[i][oy][ox][o] = sum over valid (ky, kx, ch) of w[o][ky][kx][ch] * table[ch * 256 + pixel],
+ * a[i][oy][ox][o] = sum over valid (ky, kx, ch) of w[o][ky][kx][ch] * table[ch * 256 + pixel],
  * w OHWI int8 (g->c_out x g->kh x g->kw x g->c_in), rows [row0, row1) of n * ho. The caller bounds
- * max|table| * sum|w[o]| below 2^31 (checked at generation). */
+ * max|table| * sum|w[o]| below 2^31 (checked at generation).
+ * Output (exactly one of the two, the other NULL), as qat_binary_conv2d:
+ *   acc  int32 [n][ho][wo][c_out], or
+ *   bits packed signs [n][ho][wo][cw_out] of the threshold (T, dir) of each output channel, so that
+ *        the int32 map is never stored (a microcontroller's RAM holds the bits only). */
 int qat_input_conv(const qat_conv_geom *g, const uint8_t *pixels, const int32_t *table,
-                   const int8_t *w, int32_t *acc, int32_t row0, int32_t row1);
+                   const int8_t *w, int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                   int32_t row0, int32_t row1);
 
 #endif

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from qat.export.c import layouts
 from qat.runtime.native.library import ConvGeom, ptr
 from tests.runtime.native.cbuild import build_library
 
@@ -20,7 +21,7 @@ def lib(tmp_path_factory):
     lib = build_library(tmp_path_factory.mktemp("lib"), ["qat_input.c", "qat_scores.c", "geom.c"])
     P, I, L = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
     lib.qat_input_codes.argtypes = [P, L, I, I, I, P, P]
-    lib.qat_input_conv.argtypes = [ctypes.POINTER(ConvGeom), P, P, P, P, I, I]
+    lib.qat_input_conv.argtypes = [ctypes.POINTER(ConvGeom), P, P, P, P, P, P, P, I, I]
     lib.qat_scores.argtypes = [P, I, P, P, P, P]
     return lib
 
@@ -51,14 +52,21 @@ def test_input_conv(lib, k, s, p, d):
     g = ConvGeom(n, h, w, c, o, k, k, s, s, p, p, d, d, ho, wo)
     acc = np.full((n, ho, wo, o), 7, np.int32)
     split = (n * ho) // 2  # two row ranges, as two threads would call it
-    assert lib.qat_input_conv(g, ptr(px), ptr(table), ptr(wt), ptr(acc), 0, split) == 0
-    assert lib.qat_input_conv(g, ptr(px), ptr(table), ptr(wt), ptr(acc), split, n * ho) == 0
+    assert lib.qat_input_conv(g, ptr(px), ptr(table), ptr(wt), ptr(acc), None, None, None, 0, split) == 0
+    assert lib.qat_input_conv(g, ptr(px), ptr(table), ptr(wt), ptr(acc), None, None, None, split, n * ho) == 0
     x = torch.from_numpy(np.stack([table[ch][px[:, ch]] for ch in range(c)], axis=1).astype(np.float64))
     ref = F.conv2d(x, torch.from_numpy(wt.astype(np.float64)).permute(0, 3, 1, 2), stride=s, padding=p, dilation=d)
     want = ref.permute(0, 2, 3, 1).numpy()
     # |table| < 2^24 and |w| <= 128 over at most 75 terms: float64 is exact; int32 wraps are the
     # caller's to avoid, so compare modulo 2^32
-    assert np.array_equal(acc.astype(np.int64), ((want.astype(np.int64) + 2 ** 31) % 2 ** 32) - 2 ** 31)
+    want = ((want.astype(np.int64) + 2 ** 31) % 2 ** 32) - 2 ** 31
+    assert np.array_equal(acc.astype(np.int64), want)
+    # the fused threshold: the bits of (acc >= T) or (acc < T), never storing acc
+    t = rng.integers(-(1 << 26), 1 << 26, o).astype(np.int32)
+    d = rng.choice(np.array([-1, 1], np.int8), o)
+    bits = np.full((n, ho, wo, 1), 0xFFFF, np.uint64)
+    assert lib.qat_input_conv(g, ptr(px), ptr(table), ptr(wt), None, ptr(t), ptr(d), ptr(bits), 0, n * ho) == 0
+    assert np.array_equal(bits, layouts.pack_signs((want >= t) == (d > 0)))
 
 
 def test_input_conv_checks_sizes(lib):
@@ -67,9 +75,14 @@ def test_input_conv_checks_sizes(lib):
     acc = np.full((1, 4, 4, 2), 7, np.int32)
     good = ConvGeom(1, 4, 4, 3, 2, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4)
     bad_out = ConvGeom(1, 4, 4, 3, 2, 3, 3, 1, 1, 1, 1, 1, 1, 5, 4)  # ho does not match
-    assert lib.qat_input_conv(bad_out, ptr(px), ptr(table), ptr(wt), ptr(acc), 0, 4) == -1
-    assert lib.qat_input_conv(good, ptr(px), ptr(table), ptr(wt), ptr(acc), 0, 5) == -1  # rows past the end
-    assert lib.qat_input_conv(good, ptr(px), ptr(table), ptr(wt), ptr(acc), 3, 2) == -1
+    none = (None, None, None)
+    assert lib.qat_input_conv(bad_out, ptr(px), ptr(table), ptr(wt), ptr(acc), *none, 0, 4) == -1
+    assert lib.qat_input_conv(good, ptr(px), ptr(table), ptr(wt), ptr(acc), *none, 0, 5) == -1  # past the end
+    assert lib.qat_input_conv(good, ptr(px), ptr(table), ptr(wt), ptr(acc), *none, 3, 2) == -1
+    assert lib.qat_input_conv(good, ptr(px), ptr(table), ptr(wt), None, *none, 0, 4) == -1  # no output
+    t, d = np.zeros(2, np.int32), np.ones(2, np.int8)
+    bits = np.zeros(16, np.uint64)
+    assert lib.qat_input_conv(good, ptr(px), ptr(table), ptr(wt), ptr(acc), ptr(t), ptr(d), ptr(bits), 0, 4) == -1
     assert (acc == 7).all()  # nothing written on refusal
 
 
