@@ -161,6 +161,8 @@ def main() -> int:
     ap.add_argument("--channels", type=int, nargs="+", default=[64, 128, 256, 512])
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 16, 8])
     ap.add_argument("--part", nargs="+", default=["layers", "networks"], choices=["layers", "networks"])
+    ap.add_argument("--max-gmacs", type=float, default=40.0,
+                    help="skip layer cases above this many GMACs per call (C=512 on 32x32 at batch 64: 154)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=0.3, help="minimum time per measurement")
     ap.add_argument("--isa", default=L.default_isa(), choices=L.ISAS)
@@ -174,6 +176,9 @@ def main() -> int:
                 for c in args.channels:
                     for s in args.sizes:
                         for b in args.batches:
+                            if b * s * s * c * c * 9 > args.max_gmacs * 1e9:
+                                print(f"skipped: C={c} {s}x{s} batch {b} (--max-gmacs)", flush=True)
+                                continue
                             row = {"part": "layer", "threads": t, "isa": args.isa,
                                    **layer_case(c, s, b, args.isa, args.rounds, args.seconds)}
                             row["binary_speedup"] = row["binary_per_s"] / row["fp32_per_s"]
