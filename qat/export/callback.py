@@ -82,7 +82,7 @@ class ExportCallback(pl.Callback):
             fq = res_model = plain_copy(model)
             limit = _limit(trainer, dm)
             program = res.program()
-            report = {"runtime": compare(fq, program, test_batches(dm, limit))}
+            report = {"runtime": {**compare(fq, program, test_batches(dm, limit)), "backend": program.backend}}
             metrics.update({"export/acc": report["runtime"]["acc"],
                             "export/agreement": report["runtime"]["agreement"],
                             "export/max_logit_diff": report["runtime"]["max_abs_logit_diff"]})
@@ -94,8 +94,8 @@ class ExportCallback(pl.Callback):
                 metrics.update({"export/onnx_acc": report["onnx"]["acc"],
                                 "export/onnx_agreement": report["onnx"]["agreement"]})
             write_report(res.folder, report)
-            log.info("export verified on %d test images: agreement %.4f, runtime acc %.4f (model %.4f)",
-                     report["runtime"]["n"], report["runtime"]["agreement"], report["runtime"]["acc"],
-                     report["runtime"]["model_acc"])
+            log.info("export verified on %d test images (runtime backend %s): agreement %.4f, runtime acc "
+                     "%.4f (model %.4f)", report["runtime"]["n"], program.backend, report["runtime"]["agreement"],
+                     report["runtime"]["acc"], report["runtime"]["model_acc"])
         self.extra_metrics = metrics
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 OC_BLOCK = 16  # QAT_OC_BLOCK
+DENSE_WORDS = 64  # QAT_DENSE_WORDS
 
 
 def sign_words(c: int) -> int:
@@ -28,11 +29,21 @@ def pack_signs(bits: np.ndarray) -> np.ndarray:
     return np.packbits(full, axis=-1, bitorder="little").view("<u8").astype(np.uint64)
 
 
+def binary_dense(kh: int, kw: int, c_in: int) -> bool:
+    """``qat_binary_dense``: whole (ky, kx, c_in) rows when channels do not fill whole words."""
+    return c_in % 64 != 0 and sign_words(kh * kw * c_in) <= DENSE_WORDS
+
+
 def binary_weights(codes: np.ndarray) -> np.ndarray:
-    """+-1 codes OHWI ``[c_out, kh, kw, c_in]`` -> uint64 ``[c_out_pad / 16, kh, kw, cw, 16]``."""
-    words = _pad_out(pack_signs(codes > 0))              # [c_out_pad, kh, kw, cw]
-    o, kh, kw, cw = words.shape
-    return np.ascontiguousarray(words.reshape(o // OC_BLOCK, OC_BLOCK, kh, kw, cw).transpose(0, 2, 3, 4, 1))
+    """+-1 codes OHWI ``[c_out, kh, kw, c_in]`` -> uint64 ``[c_out_pad / 16, kh, kw, cw, 16]`` (per
+    position) or ``[c_out_pad / 16, rw, 16]`` (dense rows, rw = ceil(kh kw c_in / 64))."""
+    o, kh, kw, c_in = codes.shape
+    if binary_dense(kh, kw, c_in):
+        words = _pad_out(pack_signs(codes.reshape(o, -1) > 0))  # [c_out_pad, rw]
+    else:
+        words = _pad_out(pack_signs(codes > 0))                   # [c_out_pad, kh, kw, cw]
+    blocked = words.reshape((words.shape[0] // OC_BLOCK, OC_BLOCK) + words.shape[1:])
+    return np.ascontiguousarray(np.moveaxis(blocked, 1, -1))
 
 
 def int_weights(codes: np.ndarray, zero_point: np.ndarray) -> np.ndarray:

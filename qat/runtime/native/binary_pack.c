@@ -41,6 +41,20 @@ int qat_binary_pack_weights(const qat_conv_geom *g, const int8_t *codes, uint64_
     cw = qat_sign_words(g->c_in);
     for (int64_t i = 0; i < total; i++)
         out[i] = 0;
+    if (qat_binary_dense(g)) {
+        int64_t k = (int64_t)g->kh * g->kw * g->c_in, rw = (k + 63) / 64, i;
+        for (o = 0; o < g->c_out; o++) {
+            uint64_t *dst = out + (int64_t)(o / QAT_OC_BLOCK) * rw * QAT_OC_BLOCK + o % QAT_OC_BLOCK;
+            for (i = 0; i < k; i++) {
+                int8_t v = codes[(int64_t)o * k + i];
+                if (v != 1 && v != -1)
+                    return QAT_ERANGE;
+                if (v > 0)
+                    dst[(i / 64) * QAT_OC_BLOCK] |= (uint64_t)1 << (i % 64);
+            }
+        }
+        return QAT_OK;
+    }
     for (o = 0; o < g->c_out; o++)
         for (ky = 0; ky < g->kh; ky++)
             for (kx = 0; kx < g->kw; kx++) {

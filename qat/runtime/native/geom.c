@@ -57,10 +57,24 @@ int64_t qat_sign_words(int32_t c) { return c < 1 ? 0 : ((int64_t)c + 63) / 64; }
 
 static int64_t blocks(int32_t c_out) { return ((int64_t)c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK; }
 
+static int64_t dense_words(const qat_conv_geom *g)
+{
+    return ((int64_t)g->kh * g->kw * g->c_in + 63) / 64;
+}
+
+int qat_binary_dense(const qat_conv_geom *g)
+{
+    if (qat_conv_geom_check(g) != QAT_OK)
+        return 0;
+    return g->c_in % 64 != 0 && dense_words(g) <= QAT_DENSE_WORDS;
+}
+
 int64_t qat_binary_weight_words(const qat_conv_geom *g)
 {
     if (qat_conv_geom_check(g) != QAT_OK)
         return -1;
+    if (qat_binary_dense(g))
+        return blocks(g->c_out) * dense_words(g) * QAT_OC_BLOCK;
     return blocks(g->c_out) * g->kh * g->kw * qat_sign_words(g->c_in) * QAT_OC_BLOCK;
 }
 

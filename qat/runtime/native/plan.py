@@ -141,8 +141,8 @@ class NativeProgram:
                     if last[name] == i and name != self.program.output_name:
                         env.pop(name, None)
         if keep:
-            return {k: reference(v) for k, v in env.items()}
-        return {self.program.output_name: reference(env[self.program.output_name])}
+            return {k: reference(v).contiguous() for k, v in env.items()}
+        return {self.program.output_name: reference(env[self.program.output_name]).contiguous()}
 
 
 __all__ = ["NativeProgram", "NATIVE"]

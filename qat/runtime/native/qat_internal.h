@@ -74,6 +74,44 @@ static inline void qat_binary_emit(const qat_conv_geom *g, int64_t pixel, int32_
     }
 }
 
+/* The dense row of output pixel (img, oy, ox) of a binary convolution (qat_binary_dense): its
+ * input bits in (ky, kx, c_in) order, 0 at padded positions, and mask = 1 at valid positions.
+ * Returns the number of valid kernel positions; *full = 1 when all are valid. */
+static inline int32_t qat_dense_row(const qat_conv_geom *g, const uint64_t *x, int32_t img, int32_t oy,
+                                    int32_t ox, uint64_t *row, uint64_t *mask, int *full)
+{
+    int32_t ky, kx, c = g->c_in, npos = 0, iy0 = oy * g->sh - g->ph, ix0 = ox * g->sw - g->pw;
+    int64_t cw = qat_sign_words(c), rw = ((int64_t)g->kh * g->kw * c + 63) / 64, off = 0, j;
+    for (j = 0; j < rw; j++)
+        row[j] = mask[j] = 0;
+    for (ky = 0; ky < g->kh; ky++) {
+        int32_t iy = iy0 + ky * g->dh;
+        for (kx = 0; kx < g->kw; kx++, off += c) {
+            int32_t ix = ix0 + kx * g->dw;
+            const uint64_t *src;
+            int64_t done;
+            if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
+                continue;
+            npos++;
+            src = x + (((int64_t)img * g->h + iy) * g->w + ix) * cw;
+            for (done = 0; done < c; done += 64) { /* one source word: up to 64 channels */
+                int32_t nb = c - done < 64 ? (int32_t)(c - done) : 64;
+                uint64_t v = src[done / 64], m = nb == 64 ? ~(uint64_t)0 : (((uint64_t)1 << nb) - 1);
+                int64_t at = off + done, wi = at / 64;
+                int sh = (int)(at % 64);
+                row[wi] |= v << sh;
+                mask[wi] |= m << sh;
+                if (sh && sh + nb > 64) {
+                    row[wi + 1] |= v >> (64 - sh);
+                    mask[wi + 1] |= m >> (64 - sh);
+                }
+            }
+        }
+    }
+    *full = npos == g->kh * g->kw;
+    return npos;
+}
+
 static inline int qat_rows_check(const qat_conv_geom *g, int32_t row0, int32_t row1)
 {
     if (qat_conv_geom_check(g) != QAT_OK)

@@ -21,9 +21,16 @@
  *     bit 0 is -1; the unused high bits of a pixel's last word are 0. Size: n * h * w * cw words.
  *
  *   Binary weights (qat_binary_pack_weights): output channels in blocks of QAT_OC_BLOCK (16),
- *     layout [c_out_pad / 16][kh][kw][cw][16] uint64, c_out_pad = 16 ceil(c_out / 16); word
- *     (b, ky, kx, j, l) holds input channels 64 j .. 64 j + 63 of output channel 16 b + l at kernel
- *     position (ky, kx); unused bits and padded output channels are 0.
+ *     c_out_pad = 16 ceil(c_out / 16), padded output channels 0. Two layouts, chosen by
+ *     qat_binary_dense(g):
+ *     - per position (c_in a multiple of 64, or rows longer than QAT_DENSE_WORDS words):
+ *       [c_out_pad / 16][kh][kw][cw][16] uint64; word (b, ky, kx, j, l) holds input channels
+ *       64 j .. 64 j + 63 of output channel 16 b + l at kernel position (ky, kx);
+ *     - dense (otherwise): [c_out_pad / 16][rw][16] uint64, rw = ceil(kh kw c_in / 64); the
+ *       reduction's bits in (ky, kx, c_in) order, c_in fastest (the export's OHWI bit order), so
+ *       that a 3x3 kernel over 16 channels takes 3 words instead of 9 quarter-filled ones; the
+ *       kernel assembles the same dense row from the packed activations of each output pixel.
+ *     Unused bits are 0.
  *
  *   Integer codes (activations of 8-bit layers): NHWC, one uint8 or int8 per value (QAT_U8 /
  *     QAT_I8), or int16 / int32 for outputs whose code range needs it.
@@ -62,6 +69,7 @@ extern "C" {
 
 #define QAT_API_VERSION 1
 #define QAT_OC_BLOCK 16
+#define QAT_DENSE_WORDS 64 /* longest dense binary row (4096 bits), assembled on the stack */
 
 #define QAT_OK 0
 #define QAT_EARG (-1)   /* a size or argument is out of range or inconsistent */
@@ -100,6 +108,7 @@ int qat_conv_geom_check(const qat_conv_geom *g); /* QAT_OK when g is consistent 
 int qat_pool_geom_check(const qat_pool_geom *g);
 int64_t qat_sign_words(int32_t c); /* cw = ceil(c / 64) */
 int64_t qat_binary_weight_words(const qat_conv_geom *g);  /* words of the packed binary weights */
+int qat_binary_dense(const qat_conv_geom *g); /* 1: dense weight rows, 0: per position (above) */
 int64_t qat_int_weight_elems(const qat_conv_geom *g);     /* int16 elements of packed int weights */
 int64_t qat_int_conv_scratch_elems(const qat_conv_geom *g); /* int16 scratch per calling thread */
 

@@ -34,8 +34,7 @@ class Packed:
         n, h, w, _ = self.words.shape
         codes = torch.empty(n, h, w, self.c, dtype=torch.int8)
         check(load_library().qat_unpack_signs(ptr(self.words), n * h * w, self.c, ptr(codes)), "unpack signs")
-        out = codes.permute(0, 3, 1, 2).contiguous()
-        return out.reshape(n, -1) if self.flat else out
+        return _nchw_view(codes, self.flat)
 
 
 class Nhwc:
@@ -51,8 +50,15 @@ class Nhwc:
         return self.data.shape[3], self.data.shape[1], self.data.shape[2]
 
     def reference(self) -> torch.Tensor:
-        out = self.data.permute(0, 3, 1, 2).contiguous()
-        return out.reshape(out.shape[0], -1) if self.flat else out
+        return _nchw_view(self.data, self.flat)
+
+
+def _nchw_view(nhwc: torch.Tensor, flat: bool) -> torch.Tensor:
+    """An NHWC tensor as the reference's NCHW value: a channels_last view (no copy; torch's
+    elementwise ops keep that memory format, so a float residual stream stays NHWC), or the
+    ``[n, c * h * w]`` flattening in (c, h, w) order."""
+    out = nhwc.permute(0, 3, 1, 2)
+    return out.reshape(out.shape[0], -1) if flat else out
 
 
 NATIVE = (Packed, Nhwc)
