@@ -32,6 +32,16 @@ class QuantMixin:
         """The weight the forward pass uses (fake-quantized, in float)."""
         return self.weight_quant(self.weight)
 
+    def bias_after(self) -> bool:
+        """Add the bias after the product, not inside torch's kernel, when the input is quantized.
+
+        Products of quantized inputs and weights sum exactly (the deployed integer accumulator) and the
+        export adds the bias to that sum once; torch's fused kernels may start from the bias and round
+        at every step (a bias of 1e-9 then vanishes, and a following sign can flip)."""
+        from qat.quant.quantizers import Identity
+
+        return self.bias is not None and not isinstance(self.input_quant, Identity)
+
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
     def __init__(self, *args, weight_quant: nn.Module | None = None, input_quant: nn.Module | None = None, **kwargs):
@@ -49,6 +59,9 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias_after():
+            y = self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), None)
+            return y + self.bias.reshape(1, -1, 1, 1)
         return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
 
 
@@ -67,6 +80,8 @@ class QuantLinear(QuantMixin, nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias_after():
+            return F.linear(self.input_quant(x), self.weight_quant(self.weight)) + self.bias
         return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
 
 
