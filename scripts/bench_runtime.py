@@ -154,6 +154,31 @@ def network_case(name: str, folder: Path, batches, rounds: int, secs: float) -> 
     return rows
 
 
+def markdown(results: list[dict]) -> str:
+    """The tables of BENCHMARKS.md from the JSON rows of one or more runs."""
+    out = []
+    layers = [r for r in results if r["part"] == "layer"]
+    if layers:
+        out += ["| threads | C | map | batch | fp32 conv/s | binary/s | speedup | binary+threshold/s | speedup | "
+                "8-bit/s | speedup |", "| " + " | ".join(["---:"] * 11) + " |"]
+        for r in layers:
+            out.append(f"| {r['threads']} | {r['c']} | {r['size']}x{r['size']} | {r['batch']} | {r['fp32_per_s']:,.1f} | "
+                       f"{r['binary_per_s']:,.1f} | {r['binary_speedup']:.2f}x | {r['binary_bits_per_s']:,.1f} | "
+                       f"{r['binary_bits_speedup']:.2f}x | {r['int8_per_s']:,.1f} | {r['int8_speedup']:.2f}x |")
+        out.append("")
+    nets = [r for r in results if r["part"] == "network"]
+    if nets:
+        out += ["| network | threads | batch | native img/s | fp32 img/s | native / fp32 | onnxruntime img/s | "
+                "native / onnxruntime | native == reference |", "| --- | " + " | ".join(["---:"] * 8) + " |"]
+        for r in nets:
+            ort = r.get("onnxruntime_img_s")
+            out.append(f"| {r['network']} | {r['threads']} | {r['batch']} | {r['native_img_s']:,.0f} | "
+                       f"{r['fp32_img_s']:,.0f} | {r['native_img_s'] / r['fp32_img_s']:.2f}x | "
+                       + (f"{ort:,.0f} | {r['native_img_s'] / ort:.2f}x" if ort else "- | -")
+                       + f" | {r['native_equals_reference']} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -167,7 +192,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0.3, help="minimum time per measurement")
     ap.add_argument("--isa", default=L.default_isa(), choices=L.ISAS)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--markdown", type=Path, nargs="+", default=None,
+                    help="print the tables of these --json files and exit")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown([r for p in args.markdown for r in json.loads(p.read_text())]), end="")
+        return 0
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for t in args.threads:
@@ -195,6 +225,7 @@ def main() -> int:
                         results.append(row)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(markdown(results), end="")
     return 0
 
 
