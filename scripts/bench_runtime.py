@@ -126,7 +126,7 @@ NETWORKS = {
 }
 
 
-def network_case(name: str, folder: Path, batches, rounds: int, secs: float) -> list[dict]:
+def network_case(name: str, folder: Path, batches, rounds: int, secs: float, reference: bool = False) -> list[dict]:
     recipe, build = NETWORKS[name]
     m, r = deployed("", recipe, net=build(), shape=(3, 32, 32))
     res = export_model(m, folder, input_shape=(3, 32, 32), normalization=NORM, recipe=r,
@@ -144,6 +144,8 @@ def network_case(name: str, folder: Path, batches, rounds: int, secs: float) -> 
         x = x_all[:b].contiguous()
         xcl = x.contiguous(memory_format=torch.channels_last)
         fns = {"native": lambda: native(x)}
+        if reference:
+            fns["reference"] = lambda: ref(x)
         with torch.no_grad():
             fns["fp32"] = lambda: fp32(xcl)
             if sess is not None:
@@ -151,7 +153,40 @@ def network_case(name: str, folder: Path, batches, rounds: int, secs: float) -> 
             rates = side_by_side(fns, rounds, secs)
         rows.append({"network": name, "batch": b, "backend": native.backend, "native_equals_reference": same,
                      **{f"{k}_img_s": v * b for k, v in rates.items()}})
+        if reference:
+            rows[-1]["native_over_reference"] = rates["native"] / rates["reference"]
     return rows
+
+
+def markdown(results: list[dict]) -> str:
+    """The tables of BENCHMARKS.md from the JSON rows of one or more runs."""
+    out = []
+    layers = [r for r in results if r["part"] == "layer"]
+    if layers:
+        out += ["| threads | C | map | batch | fp32 conv/s | binary/s | speedup | binary+threshold/s | speedup | "
+                "8-bit/s | speedup |", "| " + " | ".join(["---:"] * 11) + " |"]
+        for r in layers:
+            out.append(f"| {r['threads']} | {r['c']} | {r['size']}x{r['size']} | {r['batch']} | {r['fp32_per_s']:,.1f} | "
+                       f"{r['binary_per_s']:,.1f} | {r['binary_speedup']:.2f}x | {r['binary_bits_per_s']:,.1f} | "
+                       f"{r['binary_bits_speedup']:.2f}x | {r['int8_per_s']:,.1f} | {r['int8_speedup']:.2f}x |")
+        out.append("")
+    nets = [r for r in results if r["part"] == "network"]
+    if nets:
+        out += ["| network | threads | batch | native img/s | fp32 img/s | native / fp32 | onnxruntime img/s | "
+                "native / onnxruntime | native == reference |", "| --- | " + " | ".join(["---:"] * 8) + " |"]
+        for r in nets:
+            ort = r.get("onnxruntime_img_s")
+            out.append(f"| {r['network']} | {r['threads']} | {r['batch']} | {r['native_img_s']:,.0f} | "
+                       f"{r['fp32_img_s']:,.0f} | {r['native_img_s'] / r['fp32_img_s']:.2f}x | "
+                       + (f"{ort:,.0f} | {r['native_img_s'] / ort:.2f}x" if ort else "- | -")
+                       + f" | {r['native_equals_reference']} |")
+        ref = [r for r in nets if "reference_img_s" in r]
+        if ref:
+            out += ["", "| network | threads | batch | native img/s | reference img/s | native / reference |",
+                    "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            out += [f"| {r['network']} | {r['threads']} | {r['batch']} | {r['native_img_s']:,.0f} | "
+                    f"{r['reference_img_s']:,.1f} | {r['native_over_reference']:.1f}x |" for r in ref]
+    return "\n".join(out) + "\n"
 
 
 def main() -> int:
@@ -166,8 +201,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=0.3, help="minimum time per measurement")
     ap.add_argument("--isa", default=L.default_isa(), choices=L.ISAS)
+    ap.add_argument("--reference", action="store_true", help="networks: also time the Python reference runtime")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--markdown", type=Path, nargs="+", default=None,
+                    help="print the tables of these --json files and exit")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown([r for p in args.markdown for r in json.loads(p.read_text())]), end="")
+        return 0
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for t in args.threads:
@@ -189,12 +230,13 @@ def main() -> int:
             if "networks" in args.part:
                 for i, name in enumerate(NETWORKS):
                     for row in network_case(name, Path(tmp) / f"net{t}_{i}", args.batches, args.rounds,
-                                            args.seconds):
+                                            args.seconds, args.reference):
                         row.update(part="network", threads=t)
                         print(json.dumps(row), flush=True)
                         results.append(row)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(markdown(results), end="")
     return 0
 
 

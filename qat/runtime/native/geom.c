@@ -69,13 +69,17 @@ int qat_binary_dense(const qat_conv_geom *g)
     return g->c_in % 64 != 0 && dense_words(g) <= QAT_DENSE_WORDS;
 }
 
-int64_t qat_binary_weight_words(const qat_conv_geom *g)
+int64_t qat_binary_row_words(const qat_conv_geom *g)
 {
     if (qat_conv_geom_check(g) != QAT_OK)
         return -1;
-    if (qat_binary_dense(g))
-        return blocks(g->c_out) * dense_words(g) * QAT_OC_BLOCK;
-    return blocks(g->c_out) * g->kh * g->kw * qat_sign_words(g->c_in) * QAT_OC_BLOCK;
+    return qat_binary_dense(g) ? dense_words(g) : (int64_t)g->kh * g->kw * qat_sign_words(g->c_in);
+}
+
+int64_t qat_binary_weight_words(const qat_conv_geom *g)
+{
+    int64_t rw = qat_binary_row_words(g);
+    return rw < 0 ? -1 : blocks(g->c_out) * rw * QAT_OC_BLOCK;
 }
 
 static int64_t k_pad(const qat_conv_geom *g)

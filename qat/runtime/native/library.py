@@ -18,6 +18,7 @@ ISAS = ("avx2", "scalar")
 ERRORS = {-1: "a size or argument is out of range or inconsistent",
           -2: "a value does not fit the kernel's arithmetic"}
 U8, I8, I16, I32 = 0, 1, 2, 3
+QAT_EARG, QAT_ERANGE = -1, -2
 
 c_i32p = ctypes.POINTER(ctypes.c_int32)
 

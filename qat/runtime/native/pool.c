@@ -1,6 +1,14 @@
 /* Max pooling on int32 accumulators and on packed signs (NHWC). */
 #include "qat_internal.h"
 
+/* [k0, k1): the kernel taps whose input position o * s - p + k * d lies in [0, size) */
+static void taps(int32_t o, int32_t s, int32_t p, int32_t d, int32_t k, int32_t size, int32_t *k0, int32_t *k1)
+{
+    int32_t base = o * s - p, last = size - 1 - base;
+    *k0 = base < 0 ? (-base + d - 1) / d : 0;
+    *k1 = last < 0 ? 0 : (last / d + 1 < k ? last / d + 1 : k);
+}
+
 static int pool_rows_check(const qat_pool_geom *g, int32_t row0, int32_t row1)
 {
     if (qat_pool_geom_check(g) != QAT_OK || row0 < 0 || row1 < row0 || (int64_t)row1 > (int64_t)g->n * g->ho)
@@ -16,24 +24,18 @@ int qat_maxpool_i32(const qat_pool_geom *g, const int32_t *x, int32_t *out, int3
     for (r = row0; r < row1; r++) {
         int32_t img = r / g->ho, oy = r % g->ho, ox;
         for (ox = 0; ox < g->wo; ox++) {
-            int32_t *dst = out + ((int64_t)r * g->wo + ox) * g->c, ch, ky, kx, first = 1;
-            for (ky = 0; ky < g->kh; ky++) {
-                int32_t iy = oy * g->sh - g->ph + ky * g->dh;
-                if (iy < 0 || iy >= g->h)
-                    continue;
-                for (kx = 0; kx < g->kw; kx++) {
-                    int32_t ix = ox * g->sw - g->pw + kx * g->dw;
-                    const int32_t *src;
-                    if (ix < 0 || ix >= g->w)
-                        continue;
-                    src = x + (((int64_t)img * g->h + iy) * g->w + ix) * g->c;
-                    for (ch = 0; ch < g->c; ch++)
-                        dst[ch] = first || src[ch] > dst[ch] ? src[ch] : dst[ch];
-                    first = 0;
-                }
-            }
-            if (first)
+            int32_t *dst = out + ((int64_t)r * g->wo + ox) * g->c, ch, ky, kx, ky0, ky1, kx0, kx1;
+            taps(oy, g->sh, g->ph, g->dh, g->kh, g->h, &ky0, &ky1);
+            taps(ox, g->sw, g->pw, g->dw, g->kw, g->w, &kx0, &kx1);
+            if (ky0 >= ky1 || kx0 >= kx1)
                 return QAT_EARG; /* an empty window (ruled out by the geometry check) */
+            for (ky = ky0; ky < ky1; ky++)
+                for (kx = kx0; kx < kx1; kx++) {
+                    const int32_t *src = x + (((int64_t)img * g->h + oy * g->sh - g->ph + ky * g->dh) * g->w +
+                                              ox * g->sw - g->pw + kx * g->dw) * g->c;
+                    for (ch = 0; ch < g->c; ch++)
+                        dst[ch] = (ky == ky0 && kx == kx0) || src[ch] > dst[ch] ? src[ch] : dst[ch];
+                }
         }
     }
     return QAT_OK;
@@ -51,25 +53,20 @@ int qat_maxpool_bits(const qat_pool_geom *g, const uint64_t *x, const uint64_t *
         int32_t img = r / g->ho, oy = r % g->ho, ox;
         for (ox = 0; ox < g->wo; ox++) {
             uint64_t *dst = out + ((int64_t)r * g->wo + ox) * cw;
+            int32_t ky, kx, ky0, ky1, kx0, kx1;
+            taps(oy, g->sh, g->ph, g->dh, g->kh, g->h, &ky0, &ky1);
+            taps(ox, g->sw, g->pw, g->dw, g->kw, g->w, &kx0, &kx1);
+            if (ky0 >= ky1 || kx0 >= kx1)
+                return QAT_EARG; /* an empty window (ruled out by the geometry check) */
             for (int64_t j = 0; j < cw; j++) {
                 uint64_t any = 0, all = ~(uint64_t)0;
-                int32_t ky, kx;
-                for (ky = 0; ky < g->kh; ky++) {
-                    int32_t iy = oy * g->sh - g->ph + ky * g->dh;
-                    if (iy < 0 || iy >= g->h)
-                        continue;
-                    for (kx = 0; kx < g->kw; kx++) {
-                        int32_t ix = ox * g->sw - g->pw + kx * g->dw;
-                        uint64_t v;
-                        if (ix < 0 || ix >= g->w)
-                            continue;
-                        v = x[(((int64_t)img * g->h + iy) * g->w + ix) * cw + j];
+                for (ky = ky0; ky < ky1; ky++)
+                    for (kx = kx0; kx < kx1; kx++) {
+                        uint64_t v = x[(((int64_t)img * g->h + oy * g->sh - g->ph + ky * g->dh) * g->w +
+                                        ox * g->sw - g->pw + kx * g->dw) * cw + j];
                         any |= v;
                         all &= v;
                     }
-                }
-                if (all == ~(uint64_t)0 && any == 0)
-                    return QAT_EARG; /* an empty window */
                 dst[j] = (any & up_mask[j]) | (all & ~up_mask[j]);
             }
         }

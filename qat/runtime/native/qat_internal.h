@@ -67,26 +67,37 @@ static inline void qat_binary_emit(const qat_conv_geom *g, int64_t pixel, int32_
         uint64_t word = 0;
         for (l = 0; l < m; l++) {
             int32_t c = oc0 + l;
-            int on = dir[c] > 0 ? acc16[l] >= T[c] : acc16[l] < T[c];
+            int on = (acc16[l] >= T[c]) ^ (dir[c] < 0);
             word |= (uint64_t)on << l;
         }
         bits[pixel * qat_sign_words(g->c_out) + oc0 / 64] |= word << (oc0 % 64);
     }
 }
 
-/* The dense row of output pixel (img, oy, ox) of a binary convolution (qat_binary_dense): its
- * input bits in (ky, kx, c_in) order, 0 at padded positions, and mask = 1 at valid positions.
+static inline int qat_rows_check(const qat_conv_geom *g, int32_t row0, int32_t row1)
+{
+    if (qat_conv_geom_check(g) != QAT_OK)
+        return QAT_EARG;
+    if (row0 < 0 || row1 < row0 || (int64_t)row1 > (int64_t)g->n * g->ho)
+        return QAT_EARG;
+    return QAT_OK;
+}
+
+/* The reduction row of output pixel (img, oy, ox) of a binary convolution, in the layout of the
+ * packed weights (qat_kernels.h): kernel positions in (ky, kx) order, each c_in bits wide (dense)
+ * or cw whole words wide (per position); 0 at padded positions, and mask = 1 at valid positions.
  * Returns the number of valid kernel positions; *full = 1 when all are valid. */
-static inline int32_t qat_dense_row(const qat_conv_geom *g, const uint64_t *x, int32_t img, int32_t oy,
-                                    int32_t ox, uint64_t *row, uint64_t *mask, int *full)
+static inline int32_t qat_window_row(const qat_conv_geom *g, const uint64_t *x, int32_t img, int32_t oy,
+                                     int32_t ox, uint64_t *row, uint64_t *mask, int *full)
 {
     int32_t ky, kx, c = g->c_in, npos = 0, iy0 = oy * g->sh - g->ph, ix0 = ox * g->sw - g->pw;
-    int64_t cw = qat_sign_words(c), rw = ((int64_t)g->kh * g->kw * c + 63) / 64, off = 0, j;
+    int64_t cw = qat_sign_words(c), step = qat_binary_dense(g) ? c : 64 * cw, off = 0, j;
+    int64_t rw = ((int64_t)g->kh * g->kw * step + 63) / 64;
     for (j = 0; j < rw; j++)
         row[j] = mask[j] = 0;
     for (ky = 0; ky < g->kh; ky++) {
         int32_t iy = iy0 + ky * g->dh;
-        for (kx = 0; kx < g->kw; kx++, off += c) {
+        for (kx = 0; kx < g->kw; kx++, off += step) {
             int32_t ix = ix0 + kx * g->dw;
             const uint64_t *src;
             int64_t done;
@@ -112,14 +123,47 @@ static inline int32_t qat_dense_row(const qat_conv_geom *g, const uint64_t *x, i
     return npos;
 }
 
-static inline int qat_rows_check(const qat_conv_geom *g, int32_t row0, int32_t row1)
+/* popcounts of (row XOR w[j][l]) [AND mask] summed over nw words, for the 16 channels l of a block */
+typedef void (*qat_count_fn)(const uint64_t *row, const uint64_t *mask, const uint64_t *w, int64_t nw,
+                             uint64_t *tot);
+
+/* The binary convolution over rows [row0, row1), given a count function (scalar or AVX2): the loop
+ * both paths share, inlined into each so that the count function inlines too. */
+static inline int qat_binary_conv_rows(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                                       int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                                       int32_t row0, int32_t row1, qat_count_fn count)
 {
-    if (qat_conv_geom_check(g) != QAT_OK)
+    uint64_t row[QAT_ROW_WORDS], mask[QAT_ROW_WORDS], tot[QAT_OC_BLOCK];
+    int64_t rw, cwo, nblk;
+    int32_t r;
+    if (qat_rows_check(g, row0, row1) != QAT_OK || !x || !w || (!acc == !bits) || (bits && (!T || !dir)))
         return QAT_EARG;
-    if (row0 < 0 || row1 < row0 || (int64_t)row1 > (int64_t)g->n * g->ho)
+    rw = qat_binary_row_words(g);
+    if (rw > QAT_ROW_WORDS)
         return QAT_EARG;
+    cwo = qat_sign_words(g->c_out);
+    nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;
+    for (r = row0; r < row1; r++) {
+        int32_t img = r / g->ho, oy = r % g->ho, ox;
+        for (ox = 0; ox < g->wo; ox++) {
+            int64_t pixel = (int64_t)r * g->wo + ox;
+            int full, l;
+            int32_t nvalid = qat_window_row(g, x, img, oy, ox, row, mask, &full) * g->c_in;
+            int32_t acc16[QAT_OC_BLOCK];
+            if (bits)
+                for (int64_t j = 0; j < cwo; j++)
+                    bits[pixel * cwo + j] = 0;
+            for (int64_t b = 0; b < nblk; b++) {
+                count(row, full ? NULL : mask, w + b * rw * QAT_OC_BLOCK, rw, tot);
+                for (l = 0; l < QAT_OC_BLOCK; l++)
+                    acc16[l] = nvalid - 2 * (int32_t)tot[l];
+                qat_binary_emit(g, pixel, (int32_t)b * QAT_OC_BLOCK, acc16, acc, T, dir, bits);
+            }
+        }
+    }
     return QAT_OK;
 }
+
 
 
 /* One im2col row of an integer convolution: x - zx as int16 in (ky, kx, c_in) order, 0 at padded

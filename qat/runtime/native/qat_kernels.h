@@ -30,7 +30,8 @@
  *       reduction's bits in (ky, kx, c_in) order, c_in fastest (the export's OHWI bit order), so
  *       that a 3x3 kernel over 16 channels takes 3 words instead of 9 quarter-filled ones; the
  *       kernel assembles the same dense row from the packed activations of each output pixel.
- *     Unused bits are 0.
+ *     Unused bits are 0. A reduction row (qat_binary_row_words) longer than QAT_ROW_WORDS is
+ *     refused (QAT_EARG).
  *
  *   Integer codes (activations of 8-bit layers): NHWC, one uint8 or int8 per value (QAT_U8 /
  *     QAT_I8), or int16 / int32 for outputs whose code range needs it.
@@ -69,7 +70,8 @@ extern "C" {
 
 #define QAT_API_VERSION 1
 #define QAT_OC_BLOCK 16
-#define QAT_DENSE_WORDS 64 /* longest dense binary row (4096 bits), assembled on the stack */
+#define QAT_DENSE_WORDS 64 /* longest dense binary row (4096 bits) */
+#define QAT_ROW_WORDS 192  /* longest binary reduction row (3x3 over 1344 channels), on the stack */
 
 #define QAT_OK 0
 #define QAT_EARG (-1)   /* a size or argument is out of range or inconsistent */
@@ -109,6 +111,7 @@ int qat_pool_geom_check(const qat_pool_geom *g);
 int64_t qat_sign_words(int32_t c); /* cw = ceil(c / 64) */
 int64_t qat_binary_weight_words(const qat_conv_geom *g);  /* words of the packed binary weights */
 int qat_binary_dense(const qat_conv_geom *g); /* 1: dense weight rows, 0: per position (above) */
+int64_t qat_binary_row_words(const qat_conv_geom *g); /* words of one reduction row (<= QAT_ROW_WORDS) */
 int64_t qat_int_weight_elems(const qat_conv_geom *g);     /* int16 elements of packed int weights */
 int64_t qat_int_conv_scratch_elems(const qat_conv_geom *g); /* int16 scratch per calling thread */
 
