@@ -8,8 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-HOST_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"]
-CORTEX_M4_FLAGS = ["-std=c99", "-mcpu=cortex-m4", "-mthumb", "-Os", "-Wall", "-Wextra", "-Werror",
+HOST_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror"]
+CORTEX_M4_FLAGS = ["-std=c99", "-mcpu=cortex-m4", "-mthumb", "-Os", "-Wall", "-Wextra", "-Wpedantic", "-Werror",
                    "-ffunction-sections", "-fdata-sections"]
 
 
