@@ -100,20 +100,24 @@ def _weight_codes(op: dict, tensors: dict) -> np.ndarray:
     return packing.unpack(np.asarray(tensors[w["tensor"]]), w, dtype=np.int64)
 
 
+def _window_geom(op: dict, act: Act) -> dict:
+    """Kernel, stride, padding, dilation and output size of a conv2d or maxpool2d op over ``act``."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (op[k] for k in ("kernel_size", "stride", "padding", "dilation"))
+    g = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "ph": ph, "pw": pw, "dh": dh, "dw": dw,
+         "ho": (act.h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, "wo": (act.w + 2 * pw - dw * (kw - 1) - 1) // sw + 1}
+    return {k: int(v) for k, v in g.items()}
+
+
 def _conv_geom(op: dict, act: Act) -> dict:
     """Native ``qat_conv_geom`` fields of a conv2d, or of a linear layer as the convolution of its
     (flattened) input map with a kernel of the map's size."""
     if op["op"] == "conv2d":
         if int(op.get("groups", 1)) != 1:
             raise Unsupported(f"{_who(op)} is grouped; the C program runs groups=1 convolutions")
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (op[k] for k in ("kernel_size", "stride", "padding", "dilation"))
         if int(op["in_channels"]) != act.c or act.flat:
             raise Unsupported(f"{_who(op)} expects {op['in_channels']} channels, its input has {act.c}")
-        g = dict(h=act.h, w=act.w, c_in=act.c, c_out=int(op["out_channels"]), kh=kh, kw=kw, sh=sh, sw=sw,
-                 ph=ph, pw=pw, dh=dh, dw=dw)
-        g["ho"] = (act.h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        g["wo"] = (act.w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        return {"n": 1, **{k: int(v) for k, v in g.items()}}
+        return {"n": 1, "h": act.h, "w": act.w, "c_in": act.c, "c_out": int(op["out_channels"]),
+                **_window_geom(op, act)}
     if int(op["in_features"]) != act.h * act.w * act.c or not (act.flat or act.h == act.w == 1):
         raise Unsupported(f"{_who(op)} expects {op['in_features']} features, its input is "
                           f"{act.c}x{act.h}x{act.w}")
@@ -260,12 +264,7 @@ class Planner:
         if act.kind != "acc" or op.get("ceil_mode"):
             raise Unsupported(f"{_who(op)} pools {act.kind} values (ceil_mode={op.get('ceil_mode')}); the C "
                               "program max-pools int32 accumulators in floor mode")
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (op[k] for k in ("kernel_size", "stride", "padding", "dilation"))
-        g = {"n": 1, "h": act.h, "w": act.w, "c": act.c, "kh": kh, "kw": kw, "sh": sh, "sw": sw, "ph": ph,
-             "pw": pw, "dh": dh, "dw": dw}
-        g["ho"] = (act.h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        g["wo"] = (act.w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        g = {k: int(v) for k, v in g.items()}
+        g = {"n": 1, "h": act.h, "w": act.w, "c": act.c, **_window_geom(op, act)}
         out = Act("acc", g["ho"], g["wo"], act.c)
         self.steps.append(Step("maxpool_i32", op["name"], act, out, g))
         return out, 1

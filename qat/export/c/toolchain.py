@@ -8,8 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-HOST_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"]
-CORTEX_M4_FLAGS = ["-std=c99", "-mcpu=cortex-m4", "-mthumb", "-Os", "-Wall", "-Wextra", "-Werror",
+HOST_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror"]
+CORTEX_M4_FLAGS = ["-std=c99", "-mcpu=cortex-m4", "-mthumb", "-Os", "-Wall", "-Wextra", "-Wpedantic", "-Werror",
                    "-ffunction-sections", "-fdata-sections"]
 
 
@@ -20,11 +20,12 @@ def _run(cmd: list[str]) -> str:
     return res.stdout
 
 
-def build_example(folder: str | Path, out: str | Path, cc: str = "gcc") -> Path:
-    """Compile the program and ``example/main.c`` into the executable ``out``."""
+def build_example(folder: str | Path, out: str | Path, cc: str = "gcc", extra: tuple[str, ...] = ()) -> Path:
+    """Compile the program and ``example/main.c`` into the executable ``out`` (``extra``: more flags,
+    e.g. ``-O3 -march=native``)."""
     folder = Path(folder)
     sources = sorted(str(p) for p in folder.glob("*.c")) + [str(folder / "example" / "main.c")]
-    _run([cc, *HOST_FLAGS, f"-I{folder}", *sources, "-o", str(out)])
+    _run([cc, *HOST_FLAGS, *extra, f"-I{folder}", *sources, "-o", str(out)])
     return Path(out)
 
 

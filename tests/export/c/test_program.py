@@ -38,7 +38,7 @@ def run(binary, images: torch.Tensor, tmp_path) -> np.ndarray:
 @pytest.mark.parametrize("recipe", ["bnn", "qat_uint8"])
 def test_program_matches_runtime(tmp_path, recipe, model):
     folder, p = generate(export(tmp_path, model, recipe), tmp_path / "program")
-    binary = build_example(folder, tmp_path / "classify")  # gcc -std=c99 -O2 -Wall -Wextra -Werror
+    binary = build_example(folder, tmp_path / "classify")  # gcc -std=c99 -O2 -Wall -Wextra -Wpedantic -Werror
     images = torch.randint(0, 256, (300, *SHAPE), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     out = run(binary, images, tmp_path)
     program = load(tmp_path / f"{recipe}_{model}")
