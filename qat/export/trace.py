@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Interpreter
 from torch.fx.node import map_aggregate
+from torchvision.ops import StochasticDepth, stochastic_depth
 
 from qat.export.errors import ExportError
 from qat.quant.layers import QuantConv2d, QuantLinear
@@ -135,8 +136,6 @@ def _unary(input, inplace=False):  # noqa: A002 - an activation without paramete
 
 def _module_call(m: nn.Module) -> tuple[object, dict] | None:
     """``(canonical function, keyword arguments)`` that a leaf module computes, or None."""
-    from torchvision.ops import StochasticDepth  # a dependency of qat already
-
     if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d, StochasticDepth)):
         return _identity, {}
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -178,17 +177,8 @@ SPELLINGS = {
     torch.mean: _mean, "mean": _mean, F.adaptive_avg_pool2d: _adaptive_avg_pool2d,
     F.max_pool2d: _max_pool2d, F.avg_pool2d: _avg_pool2d, F.pad: _pad,
     torch.chunk: _split, "chunk": _split, torch.split: _split, "split": _split,
+    stochastic_depth: _stochastic_depth,
 }
-#: the op of each parameter-free activation spelling (function name or method name)
-_UNARY_OPS = {"relu": "relu", "silu": "silu", "hardswish": "hardswish", "hardsigmoid": "hardsigmoid",
-              "sigmoid": "sigmoid"}
-
-
-def _stochastic_depth_target():
-    from torchvision.ops import stochastic_depth
-
-    return stochastic_depth
-
 
 # --------------------------------------------------------------------------- canonical ops
 def _pair(v) -> list[int]:
@@ -229,13 +219,13 @@ def canonical(fn, a: dict, ins: list[str], shapes: dict, shape: tuple) -> tuple[
     x_shape = shapes[ins[0]] if ins else ()
     if fn is _identity:
         return ins[0]
-    if fn is _dropout or fn is _stochastic_depth_target():
+    if fn in (_dropout, _stochastic_depth):
         if a.get("training", True) and a.get("p", 0.5) != 0:
             raise _Unsupported("dropout in training mode (training=True) does not export; call it with "
                                "training=self.training")
         return ins[0]
     if fn is _unary:
-        return a.get("op") or _UNARY_OPS[a["__name__"]], {}
+        return a.get("op") or a["__name__"], {}  # a module's op, or the function / method name
     if fn is _batchnorm:
         return "batchnorm", {"eps": float(a["eps"])}
     if fn is _relu6:
@@ -329,11 +319,14 @@ def _has_tensor(v) -> bool:
     return any(found)
 
 
-def _where(n: torch.fx.Node) -> str:
-    """The module path of the layer that calls ``n``."""
+def _path(n: torch.fx.Node) -> str:
+    """The module path of the layer that calls ``n`` ("" for the model's own forward)."""
     stack = n.meta.get("nn_module_stack") or {}
-    path = next(reversed(stack.values()))[0] if stack else ""
-    return f"'{path}'" if path else "the model's top-level forward"
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
+def _where(n: torch.fx.Node) -> str:
+    return f"'{_path(n)}'" if _path(n) else "the model's top-level forward"
 
 
 def _spelling(n: torch.fx.Node, modules: dict) -> tuple[object, dict | None]:
@@ -348,16 +341,15 @@ def _spelling(n: torch.fx.Node, modules: dict) -> tuple[object, dict | None]:
         fn, kwargs = made
         return fn, {"input": n.args[0], **kwargs}
     key = n.target
-    if n.op == "call_function" and key is _stochastic_depth_target():
-        fn = _stochastic_depth_target()
-        bound = inspect.signature(_stochastic_depth).bind(*n.args, **n.kwargs)
-    else:
-        fn = SPELLINGS.get(key)
-        if fn is None:
-            name = key if isinstance(key, str) else getattr(key, "__name__", str(key))
-            raise _Unsupported(f"{'method' if n.op == 'call_method' else 'function'} {name} is not supported "
-                               "by the exporter")
+    fn = SPELLINGS.get(key)
+    if fn is None:
+        name = key if isinstance(key, str) else getattr(key, "__name__", str(key))
+        raise _Unsupported(f"{'method' if n.op == 'call_method' else 'function'} {name} is not supported "
+                           "by the exporter")
+    try:
         bound = inspect.signature(fn).bind(*n.args, **n.kwargs)
+    except TypeError as err:
+        raise _Unsupported(f"arguments {n.args[1:]} {n.kwargs} not understood ({err})") from None
     bound.apply_defaults()
     args = dict(bound.arguments)
     for k in ("shape", "dims"):
@@ -483,14 +475,14 @@ def trace(model: nn.Module, example: torch.Tensor) -> tuple[list[Node], str, str
             alias[n.name] = result
             continue
         op, attrs = result
-        if n.op == "call_module":
-            attrs["module"] = n.target
+        # the op's name: its module, or for a function "<module that calls it>:<node>"
+        attrs["module"] = n.target if n.op == "call_module" else (f"{_path(n)}:{n.name}" if _path(n) else n.name)
         if op == "global_avgpool" and not attrs.pop("keepdim"):
             pooled = Node(f"{n.name}.pool", "global_avgpool", ins, v.shape + (1, 1), modules.get(n.target),
                           dict(attrs))
             nodes.append(pooled)
             shapes[pooled.name] = pooled.shape
-            op, ins, attrs = "flatten", [pooled.name], {"start_dim": 1, "end_dim": -1}
+            op, ins, attrs = "flatten", [pooled.name], {"start_dim": 1, "end_dim": -1, "module": attrs["module"]}
         shapes[n.name] = v.shape
         nodes.append(Node(n.name, op, ins, v.shape, modules.get(n.target) if n.op == "call_module" else None,
                           attrs))
