@@ -1,4 +1,6 @@
-"""Data modules: CIFAR-10, any image folder, and a synthetic set, all in memory as uint8 tensors.
+"""Data modules: CIFAR-10, any image folder, and a synthetic set, in memory as uint8 tensors; image
+folders can also stream from their files (``in_memory=False``, :mod:`qat.data.streaming`), and
+:mod:`qat.data.shards` streams LitData shards.
 
 Every module is a ``LightningDataModule`` with ``num_classes``, ``in_channels``, ``image_size`` and
 ``class_names`` (the single source of truth the model is built from), loaders yielding

@@ -36,7 +36,6 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import v2
 
 from qat.data.decode import _JPEG_MAGIC, _pil_decode, _read_bytes
-from qat.data.errors import ImageDecodeError
 
 
 def _mix(*values: int) -> int:
@@ -50,9 +49,13 @@ def _mix(*values: int) -> int:
 def decode_batch(paths: Sequence[Path], channels: int) -> list[torch.Tensor]:
     """Decode files to uint8 ``[channels, H, W]`` each (``channels`` 1: grayscale, 3: RGB); the JPEGs
     of the batch in one ``decode_jpeg`` call. A bad file raises :class:`ImageDecodeError` naming it."""
+    return decode_bytes([_read_bytes(p) for p in paths], paths, channels)
+
+
+def decode_bytes(datas: Sequence[torch.Tensor], names: Sequence, channels: int) -> list[torch.Tensor]:
+    """:func:`decode_batch` of encoded images already in memory (uint8 tensors; ``names`` for errors)."""
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    datas = [_read_bytes(p) for p in paths]
-    out: list[torch.Tensor | None] = [None] * len(paths)
+    out: list[torch.Tensor | None] = [None] * len(datas)
     jpeg = [i for i, d in enumerate(datas) if d[:3].numpy().tobytes() == _JPEG_MAGIC]
     if jpeg:
         try:
@@ -69,7 +72,7 @@ def decode_batch(paths: Sequence[Path], channels: int) -> list[torch.Tensor]:
             if img.dtype != torch.uint8:
                 raise TypeError(f"decoded as {img.dtype}")
         except Exception:  # noqa: BLE001 - formats torchvision cannot read: PIL names the file if it fails too
-            img = _pil_decode(datas[i], paths[i])
+            img = _pil_decode(datas[i], names[i])
             if img.shape[0] != channels:
                 img = img.expand(3, -1, -1).contiguous() if channels == 3 else \
                     v2.functional.rgb_to_grayscale(img, num_output_channels=1)
@@ -89,6 +92,28 @@ def eval_transform(size: tuple[int, int], crop_fraction: float = 0.875) -> v2.Tr
     return v2.Compose([v2.Resize(min(resize), antialias=True), v2.CenterCrop(list(size))])
 
 
+def seeded_transform(transform: v2.Transform, img: torch.Tensor, train: bool, seed: int, epoch: int,
+                     index: int) -> torch.Tensor:
+    """``transform(img)``; for training with its random draws seeded by ``(seed, epoch, index)``."""
+    if not train:
+        return transform(img)
+    # fork: the worker's (or, with num_workers=0, the main process's) RNG is left untouched
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_mix(seed, epoch, index))
+        return transform(img)
+
+
+def make_transform(size: tuple[int, int], train: bool, crop_scale: Sequence[float] = (0.08, 1.0), flip: bool = True,
+                   crop_fraction: float = 0.875) -> v2.Transform:
+    """The training or the evaluation transform, its options checked."""
+    if not 0.0 < float(crop_fraction) <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    lo, hi = (float(v) for v in crop_scale)
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {list(crop_scale)}")
+    return train_transform(size, (lo, hi), flip) if train else eval_transform(size, crop_fraction)
+
+
 class ImageFileDataset(Dataset):
     """``files[i]`` with label ``labels[i]``, decoded and transformed on access (see the module docstring).
 
@@ -103,18 +128,12 @@ class ImageFileDataset(Dataset):
             raise ValueError(f"{len(files)} files but {len(labels)} labels")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
-        if not 0.0 < float(crop_fraction) <= 1.0:
-            raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-        lo, hi = (float(v) for v in crop_scale)
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {list(crop_scale)}")
         # One numpy string array, not a list of Python objects: each worker's copy stays shared memory
         # (reading a Python object writes its reference count, which copies the page; pytorch#13246).
         self.files = np.array([str(f) for f in files])
         self.labels = torch.as_tensor(list(labels), dtype=torch.int64)
         self.size, self.channels, self.train, self.seed = tuple(size), int(channels), bool(train), int(seed)
-        self.transform = (train_transform(self.size, (lo, hi), flip) if self.train
-                          else eval_transform(self.size, crop_fraction))
+        self.transform = make_transform(self.size, self.train, crop_scale, flip, crop_fraction)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -129,16 +148,7 @@ class ImageFileDataset(Dataset):
         images = decode_batch([Path(str(self.files[i])) for i in idx], self.channels)
         out = torch.empty((len(idx), self.channels, *self.size), dtype=torch.uint8)
         for k, ((i, epoch), img) in enumerate(zip(pairs, images)):
-            if self.train:
-                # fork: the worker's (or, with num_workers=0, the main process's) RNG is left untouched
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(_mix(self.seed, epoch, i))
-                    img = self.transform(img)
-            else:
-                img = self.transform(img)
-            if tuple(img.shape[-2:]) != self.size:  # cannot happen with the transforms above
-                raise ImageDecodeError(str(self.files[i]), f"transformed to {tuple(img.shape)}, expected {self.size}")
-            out[k] = img
+            out[k] = seeded_transform(self.transform, img, self.train, self.seed, epoch, i)
         return out, self.labels[torch.tensor(idx, dtype=torch.long)]
 
 

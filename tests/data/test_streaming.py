@@ -146,3 +146,4 @@ def test_resume_at_an_epoch_boundary_replays_the_same_stream(jpegs, tmp_path):
     resumed = train(compose_cfg([*run, "trainer.max_epochs=2", "resume=true"], output_dir=tmp_path / "cut")).metrics
     for key in ("val/acc", "val/loss", "train/loss_epoch"):
         assert resumed[key] == full[key], (key, resumed[key], full[key])
+
