@@ -21,11 +21,12 @@ class SqueezeExcite(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(c, c // 2, 1)
         self.fc2 = nn.Conv2d(c // 2, c, 1)
+        self.act = nn.ReLU()  # a module: under bnn prepare swaps it (F.relu before a sign is refused)
         self.gate = gate()
 
     def forward(self, x):
         s = x.mean((2, 3), keepdim=True) if self.functional_pool else self.pool(x)
-        s = self.gate(self.fc2(F.relu(self.fc1(s))))
+        s = self.gate(self.fc2(self.act(self.fc1(s))))
         return x * s
 
 
