@@ -19,6 +19,7 @@ ERRORS = {-1: "a size or argument is out of range or inconsistent",
           -2: "a value does not fit the kernel's arithmetic"}
 U8, I8, I16, I32 = 0, 1, 2, 3
 QAT_EARG, QAT_ERANGE = -1, -2
+ROW_WORDS = 192  # QAT_ROW_WORDS of qat_kernels.h: the longest binary reduction row the kernels take
 
 c_i32p = ctypes.POINTER(ctypes.c_int32)
 
@@ -63,6 +64,7 @@ _SIGNATURES = {
     "qat_conv_geom_check": ([_G], ctypes.c_int),
     "qat_pool_geom_check": ([_PG], ctypes.c_int),
     "qat_binary_weight_words": ([_G], ctypes.c_int64),
+    "qat_binary_row_words": ([_G], ctypes.c_int64),
     "qat_int_weight_elems": ([_G], ctypes.c_int64),
     "qat_int_conv_scratch_elems": ([_G], ctypes.c_int64),
     "qat_pack_signs": ([_P, ctypes.c_int64, _I, _P], ctypes.c_int),

@@ -87,6 +87,8 @@ class BinaryLayer(_Layer):
         super().__init__(spec, tensors, in_chw, outputs)
         self.lib, self.fn = lib, getattr(lib, f"qat_binary_conv2d_{isa}")
         g = self.geom(1)
+        if lib.qat_binary_row_words(g) > L.ROW_WORDS:
+            raise NotNative(f"reduction rows longer than {L.ROW_WORDS} words")
         self.weights = torch.zeros(int(lib.qat_binary_weight_words(g)), dtype=torch.int64)
         codes = np.ascontiguousarray(self.codes, np.int8)  # held: ptr() does not keep it alive
         L.check(lib.qat_binary_pack_weights(g, L.ptr(codes), L.ptr(self.weights)),

@@ -10,7 +10,7 @@
  *
  * Every kernel exists as a portable scalar function (suffix _scalar, __builtin_popcountll) and, on
  * x86-64, an AVX2 function (suffix _avx2, compiled with __attribute__((target("avx2,popcnt"))) only,
- * never with -mavx2 for the whole library). The unsuffixed names (qat_dispatch.c) choose the AVX2
+ * never with -mavx2 for the whole library). The unsuffixed names (dispatch.c) choose the AVX2
  * function at run time when __builtin_cpu_supports("avx2") says the CPU has it. Both produce
  * bit-identical results.
  *

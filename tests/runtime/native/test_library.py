@@ -51,3 +51,10 @@ def test_inconsistent_sizes_are_refused():
         assert fn(good, L.ptr(x), L.ptr(w), None, None, None, None, 0, 4) == L.QAT_EARG  # no output
     with pytest.raises(L.NativeError, match="out of range or inconsistent"):
         L.check(lib.qat_pack_signs(L.ptr(x), -1, 8, L.ptr(w)), "pack")
+
+
+def test_python_constants_match_the_header():
+    header = (L.HERE / "qat_kernels.h").read_text()
+    for name, value in (("QAT_ROW_WORDS", L.ROW_WORDS), ("QAT_EARG", L.QAT_EARG), ("QAT_ERANGE", L.QAT_ERANGE),
+                        ("QAT_U8", L.U8), ("QAT_I8", L.I8), ("QAT_I16", L.I16), ("QAT_I32", L.I32)):
+        assert re.search(rf"#define {name} \(?{value}\)?\b", header), name

@@ -151,3 +151,11 @@ def test_int_conv_accumulators_and_requantized_codes(case, xr, wr, out_signed):
         assert torch.equal(env["q"].reference(), want)
     finally:
         torch.set_num_threads(1)
+
+
+def test_binary_layer_wider_than_the_kernel_row_is_left_to_the_reference():
+    c = 1400  # 3 x 3 x 1408 bits > QAT_ROW_WORDS words
+    wt = torch.ones(2, 3, 3, c, dtype=torch.int8)
+    tensors, wspec = _binary_weight(wt)
+    with pytest.raises(N.NotNative, match="longer than"):
+        N.BinaryLayer(L.load_library(), ISAS[-1], _spec("conv2d", 2, c, 3, 1, 1, 1, wspec), tensors, (c, 4, 4), ["y"])
