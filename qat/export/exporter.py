@@ -131,7 +131,8 @@ def export_model(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[in
     sizes = {k: len(v) for k, v in files.items()}
     files[SUMMARY] = (summary_md.render(
         f"{config.get('model', {}).get('_target_', type(model).__name__)}", recipe_info.get("name", "?"),
-        lowered["layers"], tensors, sizes, fp32, size) + c_program.footprint_markdown(manifest, tensors)).encode()
+        lowered["layers"], tensors, sizes, fp32, size, lowered["ops"])
+        + c_program.footprint_markdown(manifest, tensors)).encode()
     folder = write_folder(out_dir, files)
     if ONNX in files:
         onnx_path = folder / ONNX
