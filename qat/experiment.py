@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from qat.models.custom import accepted
 from qat.module import Classifier
 from qat.utils.checkpoint_io import AtomicCheckpointIO
 from qat.utils.io import atomic_write_json, atomic_write_text
@@ -22,10 +23,11 @@ log = logging.getLogger(__name__)
 
 def build_model(cfg: DictConfig, datamodule) -> torch.nn.Module:
     """The model factory gets the data facts (classes, channels, image size) from the data module:
-    they are stated once, in the data config or the files themselves."""
+    they are stated once, in the data config or the files themselves. A factory gets those it accepts."""
     factory = hydra.utils.instantiate(cfg.model)
-    return factory(num_classes=datamodule.num_classes, in_channels=datamodule.in_channels,
-                   image_size=tuple(datamodule.image_size))
+    facts = {"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels,
+             "image_size": tuple(datamodule.image_size)}
+    return factory(**accepted(factory, facts))
 
 
 def data_facts(datamodule) -> dict:

@@ -45,6 +45,16 @@ class QuantMixin:
         """The weight the forward pass uses (fake-quantized, in float)."""
         return float32_quant(self.weight_quant, self.weight)
 
+    def bias_after(self) -> bool:
+        """Add the bias after the product, not inside torch's kernel, when the input is quantized.
+
+        Products of quantized inputs and weights sum exactly (the deployed integer accumulator) and the
+        export adds the bias to that sum once; torch's fused kernels may start from the bias and round
+        at every step (a bias of 1e-9 then vanishes, and a following sign can flip)."""
+        from qat.quant.quantizers import Identity
+
+        return self.bias is not None and not isinstance(self.input_quant, Identity)
+
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
     def __init__(self, *args, weight_quant: nn.Module | None = None, input_quant: nn.Module | None = None, **kwargs):
@@ -62,7 +72,10 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(float32_quant(self.input_quant, x), self.quantized_weight(), self.bias)
+        x, w = float32_quant(self.input_quant, x), self.quantized_weight()
+        if self.bias_after():
+            return self._conv_forward(x, w, None) + self.bias.reshape(1, -1, 1, 1)
+        return self._conv_forward(x, w, self.bias)
 
 
 class QuantLinear(QuantMixin, nn.Linear):
@@ -80,7 +93,10 @@ class QuantLinear(QuantMixin, nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(float32_quant(self.input_quant, x), self.quantized_weight(), self.bias)
+        x, w = float32_quant(self.input_quant, x), self.quantized_weight()
+        if self.bias_after():
+            return F.linear(x, w) + self.bias
+        return F.linear(x, w, self.bias)
 
 
 class QuantConvBn2d(QuantConv2d):

@@ -76,16 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="data=<group>, data.key=value")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="evaluate the first N test images only")
+    ap.add_argument("--backend", default=None, choices=["native-avx2", "native-scalar", "reference"],
+                    help="default: QAT_RUNTIME, else the native kernels when built")
     args = ap.parse_args(argv)
     try:
-        program = Program.load(args.export_dir)
+        program = Program.load(args.export_dir, args.backend)
         dm = datamodule(program.manifest, args.overrides)
         res = evaluate(program, dm, args.batch_size, args.limit)
     except (FormatError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    res["backend"] = program.backend
     print(f"accuracy {res['acc']:.4f} on {res['n']} test images ({res['images_per_s']:.0f} images/s, "
-          f"{torch.get_num_threads()} threads)")
+          f"{torch.get_num_threads()} threads, backend {program.backend})")
     print(json.dumps(res))
     return 0
 
