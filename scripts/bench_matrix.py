@@ -96,7 +96,7 @@ def step_times(args, out) -> None:
             model, r = build(name, recipe, small=False)
             model.train()
             if r is not None:
-                r.on_train_start(model, argparse.Namespace(estimated_stepping_batches=10**6, global_step=0))
+                r.on_train_start(model, total_steps=10**6)
             opt = torch.optim.SGD(model.parameters(), lr=0.01)
             train_step(model, r, opt, x, y, 1)  # warm-up: allocator, observers' first batch
             state[recipe] = (model, r, opt, [])

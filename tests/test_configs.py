@@ -5,6 +5,8 @@ from types import SimpleNamespace
 
 import hydra
 import pytest
+
+from qat.experiment import trainer_config
 import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -29,7 +31,7 @@ def test_groups_have_the_promised_options():
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_options_instantiate(name, tmp_path):
-    over = [f"data={name}"] + (["data.root=" + str(tmp_path)] if name == "imagefolder" else [])
+    over = [f"data={name}"] + (["data.root=" + str(tmp_path)] if name in ("imagefolder", "shards") else [])
     cfg = compose_cfg(over, output_dir=tmp_path)
     dm = hydra.utils.instantiate(cfg.data)
     assert hasattr(dm, "train_dataloader")
@@ -79,7 +81,7 @@ def test_trainer_options_compose(name, tmp_path):
     cfg = compose_cfg([f"trainer={name}"], output_dir=tmp_path)
     assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
     if name in ("default", "debug"):  # gpu and ddp need hardware / processes to build
-        trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        trainer = hydra.utils.instantiate(trainer_config(cfg)[0], logger=False, enable_checkpointing=False)
         assert trainer.max_epochs >= 1
 
 

@@ -319,11 +319,14 @@ def _has_tensor(v) -> bool:
     return any(found)
 
 
-def _where(n: torch.fx.Node) -> str:
-    """The module path of the layer that calls ``n``."""
+def _path(n: torch.fx.Node) -> str:
+    """The module path of the layer that calls ``n`` ("" for the model's own forward)."""
     stack = n.meta.get("nn_module_stack") or {}
-    path = next(reversed(stack.values()))[0] if stack else ""
-    return f"'{path}'" if path else "the model's top-level forward"
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
+def _where(n: torch.fx.Node) -> str:
+    return f"'{_path(n)}'" if _path(n) else "the model's top-level forward"
 
 
 def _spelling(n: torch.fx.Node, modules: dict) -> tuple[object, dict | None]:
@@ -472,14 +475,14 @@ def trace(model: nn.Module, example: torch.Tensor) -> tuple[list[Node], str, str
             alias[n.name] = result
             continue
         op, attrs = result
-        if n.op == "call_module":
-            attrs["module"] = n.target
+        # the op's name: its module, or for a function "<module that calls it>:<node>"
+        attrs["module"] = n.target if n.op == "call_module" else (f"{_path(n)}:{n.name}" if _path(n) else n.name)
         if op == "global_avgpool" and not attrs.pop("keepdim"):
             pooled = Node(f"{n.name}.pool", "global_avgpool", ins, v.shape + (1, 1), modules.get(n.target),
                           dict(attrs))
             nodes.append(pooled)
             shapes[pooled.name] = pooled.shape
-            op, ins, attrs = "flatten", [pooled.name], {"start_dim": 1, "end_dim": -1}
+            op, ins, attrs = "flatten", [pooled.name], {"start_dim": 1, "end_dim": -1, "module": attrs["module"]}
         shapes[n.name] = v.shape
         nodes.append(Node(n.name, op, ins, v.shape, modules.get(n.target) if n.op == "call_module" else None,
                           attrs))

@@ -29,6 +29,8 @@ class Recipe:
 
     name = "fp32"
     quantized = False
+    # Trains under trainer.precision=bf16-mixed / 16-mixed (qat's layers run their quantizers in float32).
+    mixed_precision = True
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Return the model with its layers swapped for quantized ones (in place)."""

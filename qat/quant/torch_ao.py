@@ -40,6 +40,8 @@ class TorchAOQAT(Recipe):
     name = "torch_ao_qat"
     quantized = True
     exportable = False
+    # torch.ao's FakeQuantize kernels take float32 only ("expected scalar type Float but found BFloat16").
+    mixed_precision = False
 
     def __init__(self, backend: str = "fbgemm", freeze_bn=0.9, freeze_observers=0.95):
         if backend not in ("fbgemm", "x86", "qnnpack"):

