@@ -4,12 +4,14 @@ A recipe is built from a Hydra config in ``configs/quant/``. It validates its va
 construction (a bad value raises ``ValueError`` saying what to change), swaps layers once when the
 model is built (``prepare``), and its hooks run from the Lightning module at fixed points of every
 step: ``penalty`` is added to the loss, ``after_optimizer_step`` runs after each optimizer step,
-``finalize`` brings weights to their deployed form before test and export.
+``finalize`` brings weights to their deployed form before test and export, and ``deployed`` gives
+that form temporarily (validation measures it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -22,6 +24,9 @@ class Recipe:
 
     name = "fp32"
     quantized = False
+    # True where the deployed form differs from the model as it trains (ADMM: W <- G); validation
+    # then measures both forms.
+    deploy_differs = False
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Return the model with its layers swapped for quantized ones (in place)."""
@@ -40,6 +45,19 @@ class Recipe:
     def finalize(self, model: nn.Module) -> None:
         """Bring the weights to their deployed form before test and export (ADMM: W <- G).
         Must be idempotent: it runs at every test start."""
+
+    @contextmanager
+    def deployed(self, model: nn.Module):
+        """The model in its deployed form inside the block, exactly as it was after it.
+
+        A straight-through recipe's eval-mode forward pass already computes with the deployed
+        (fake-quantized) weights, BatchNorm folded with running statistics, so here the model is as
+        it is; recipes whose trained weights are not the deployed ones (ADMM) override this."""
+        yield model
+
+    def train_stats(self) -> dict[str, float]:
+        """Scalars to log after an optimizer step (ADMM: ||W - G|| / ||W||)."""
+        return {}
 
     def describe(self) -> dict:
         return {"name": self.name}
