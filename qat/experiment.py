@@ -50,14 +50,21 @@ def init_from_checkpoint(model: torch.nn.Module, path) -> None:
         raise FileNotFoundError(f"init_from {path} does not exist")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     state = {k[len("model."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    hint = "it takes a checkpoint of quant=fp32 with the same model config"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ
+        raise ValueError(f"init_from {path} does not fit this model: {str(err)[:300]}; {hint}") from None
     if missing or unexpected:
         raise ValueError(f"init_from {path} does not fit this model (missing {missing[:4]}, unexpected "
-                         f"{unexpected[:4]}): it takes a checkpoint of quant=fp32 with the same model config")
+                         f"{unexpected[:4]}): {hint}")
 
 
 def build_module(cfg: DictConfig, datamodule) -> Classifier:
     model = build_model(cfg, datamodule)
+    if cfg.get("init_from_required") and not cfg.get("init_from"):
+        raise ValueError("this experiment fine-tunes a trained float model: pass init_from=CKPT, e.g. "
+                         "OUT/checkpoints/last.ckpt of experiment=paper_resnet20_fp32")
     if cfg.get("init_from"):
         init_from_checkpoint(model, cfg.init_from)
     recipe = hydra.utils.instantiate(cfg.quant)

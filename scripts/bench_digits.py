@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench_recipes import parse_variants  # scripts/ is on the path when a script runs
+from bench_recipes import cells, parse_variants, write_table  # scripts/ is on the path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,15 +91,9 @@ def main() -> None:
              "| run | test acc % | gap to fp32 (points) | best val acc % | last val acc, train form % | export agreement |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, m in rows:
-        gap = f"{100 * (m['test/acc'] - base):+.2f}" if base is not None else "-"
-        agree = f"{m['export/agreement']:.4f}" if "export/agreement" in m else "-"
-        train_form = f"{100 * m['val/acc_train_form']:.2f}" if "val/acc_train_form" in m else "-"
-        lines.append(f"| {name} | {100 * m['test/acc']:.2f} | {gap} | {100 * m['val/acc_best']:.2f} | {train_form} "
-                     f"| {agree} |")
-    text = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(text)
-    print(text)
+        c = cells(m, base)
+        lines.append(f"| {name} | {c['test']} | {c['gap']} | {c['val_best']} | {c['train_form']} | {c['agreement']} |")
+    write_table(out, lines)
 
 
 if __name__ == "__main__":

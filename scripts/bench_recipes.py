@@ -39,6 +39,24 @@ def parse_variants(items: list[str], out: Path) -> dict[str, list[str]]:
     return variants
 
 
+def cells(m: dict, base: float | None) -> dict[str, str]:
+    """One run's metrics.json as table cells (percentages; "-" where a value is absent)."""
+    def pct(key):
+        return f"{100 * m[key]:.2f}" if key in m else "-"
+
+    return {"test": pct("test/acc"), "val_best": pct("val/acc_best"), "train_form": pct("val/acc_train_form"),
+            "gap": f"{100 * (m['test/acc'] - base):+.2f}" if base is not None else "-",
+            "agreement": f"{m['export/agreement']:.4f}" if "export/agreement" in m else "-",
+            "bytes": f"{int(m['export/size_bytes']):,}" if "export/size_bytes" in m else "-"}
+
+
+def write_table(out: Path, lines: list[str]) -> None:
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default="/tmp/cifar10")
@@ -87,15 +105,10 @@ def main() -> None:
              "| model | recipe | test acc % | best val acc % | gap to fp32 (points) | export agreement | export bytes |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for model, recipe, m in rows:
-        gap = f"{100 * (m['test/acc'] - base[model]):+.2f}" if model in base else "-"
-        agree = f"{m['export/agreement']:.4f}" if "export/agreement" in m else "-"
-        size = f"{int(m['export/size_bytes']):,}" if "export/size_bytes" in m else "-"
-        lines.append(f"| {model} | {recipe} | {100 * m['test/acc']:.2f} | {100 * m.get('val/acc_best', float('nan')):.2f}"
-                     f" | {gap} | {agree} | {size} |")
-    text = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(text)
-    print(text)
+        c = cells(m, base.get(model))
+        lines.append(f"| {model} | {recipe} | {c['test']} | {c['val_best']} | {c['gap']} | {c['agreement']} "
+                     f"| {c['bytes']} |")
+    write_table(out, lines)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def test_bad_values_fail_at_construction(kw, error, message):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
-    train(compose_cfg([*TINY, "quant=fp32", "trainer.max_epochs=2", "test=false"], output_dir=out))
+    train(compose_cfg([*TINY, "quant=fp32", "trainer.max_epochs=1", "test=false"], output_dir=out))
     return out / "checkpoints" / "last.ckpt"
 
 
