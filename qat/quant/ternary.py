@@ -7,7 +7,8 @@ augmented Lagrangian f(W) + (rho / 2) ||W - G + U||^2. W is trained by SGD on it
 uses the float W); every ``update_every`` steps G <- Proj(W + U) (``ternary_projection``: alternate
 Q = clamp(round((W + U) / alpha), -1, 1) and alpha = <W + U, Q> / <Q, Q>) and U <- U + W - G; rho
 grows geometrically from ``rho`` to ``rho_max`` over the ADMM phase (or by ``rho_growth`` per update),
-so that the penalty drives ||W - G|| towards 0 whatever the budget.
+so that the penalty drives ||W - G|| towards 0 whatever the budget, and the scaled dual U is divided
+by the same factor (the dual variable rho * U is unchanged by the growth).
 
 The last ``finetune`` fraction of training is a projected phase: the forward pass uses Proj(W) (the
 ternary weights that will be deployed) with a straight-through gradient dL/dW = dL/dProj(W), and the
@@ -215,7 +216,12 @@ class ADMMTernary(QuantRecipe):
             q.G.copy_(q.project(w + q.U))
             q.U.add_(w - q.G)
             q.updates.add_(1)
-            q.rho.copy_(torch.clamp(q.rho * self._growth, max=self.rho_max))
+            rho = torch.clamp(q.rho * self._growth, max=self.rho_max)
+            # U is the scaled dual y / rho: when rho grows, U shrinks so that y is unchanged (Boyd et al.
+            # 2011, "Distributed Optimization ... ADMM", section 3.4.1). Unscaled, y grows with rho and
+            # pulls W away from G: with rho grown 1000x the float model fell to chance on digits.
+            q.U.mul_(q.rho / rho)
+            q.rho.copy_(rho)
             residual += float((w - q.G).pow(2).sum())
             norm += float(w.pow(2).sum())
         # ||W - G|| / ||W|| over all ADMM layers: the distance the final projection will move W.

@@ -148,3 +148,20 @@ def test_the_weight_quantizer_is_identity_outside_the_projected_phase():
     assert q(w).unique().numel() <= 3
     q.finalized.fill_(True)
     assert q(w) is w
+
+
+def test_the_scaled_dual_is_rescaled_when_rho_grows():
+    """y = rho * U changes only by the dual step rho_old * (W - G), not by rho's growth (Boyd et al. 3.4.1)."""
+    recipe = ADMMTernary(rho=1e-3, rho_growth=10.0, rho_max=1.0, update_every=1, finetune=None,
+                         first="quant", last="quant")
+    model = recipe.prepare(torch.nn.Sequential(torch.nn.Linear(6, 4)))
+    recipe.on_train_start(model, SimpleNamespace(estimated_stepping_batches=10, global_step=0))
+    layer = admm_layers(recipe, model)[0]
+    q = layer.weight_quant
+    with torch.no_grad():
+        layer.weight.add_(0.3 * torch.randn_like(layer.weight))
+        q.U.copy_(torch.randn_like(q.U))
+    rho, y = float(q.rho), float(q.rho) * q.U.clone()
+    recipe.after_optimizer_step(model, 1)
+    assert float(q.rho) == pytest.approx(10 * rho)
+    assert torch.allclose(float(q.rho) * q.U, y + rho * (layer.weight.detach() - q.G), atol=1e-7)
