@@ -45,7 +45,7 @@ def snapshot(model):
 
 @pytest.mark.parametrize("steps", [5, 18])  # ADMM phase; projected phase (finetune 0.3 of 20 steps)
 def test_deployed_form_is_exactly_reversible_and_equals_finalize(steps):
-    recipe, model = admm_model(update_every=2)
+    recipe, model = admm_model(update_every=2, finetune=0.3)
     train_steps(recipe, model, steps)
     projected = steps >= 14
     assert all(bool(l.weight_quant.projecting) == projected for l in admm_layers(recipe, model))
