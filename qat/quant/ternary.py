@@ -119,7 +119,8 @@ class ADMMTernary(QuantRecipe):
 
     Defaults need no tuning for a new budget: rho grows geometrically from ``rho`` to ``rho_max`` over
     the ADMM phase, G and U are updated about 100 times in it (``update_every: null``; a step count
-    fixes it), and the last ``finetune`` = 30 % of the steps train Proj(W) directly.
+    fixes it), and the last ``finetune`` = 50 % of the steps train Proj(W) directly (defaults measured
+    on handwritten digits: BENCHMARKS.md).
     """
 
     name = "admm_ternary"
@@ -128,8 +129,8 @@ class ADMMTernary(QuantRecipe):
     default_last = "fp32"
     updates_per_run = 100  # G/U updates over the ADMM phase when update_every is null
 
-    def __init__(self, rho: float = 1e-3, rho_growth: float | None = None, rho_max: float = 1.0,
-                 update_every: int | None = None, finetune: float | int | None = 0.3, per_channel: bool = False,
+    def __init__(self, rho: float = 1e-3, rho_growth: float | None = None, rho_max: float = 0.1,
+                 update_every: int | None = None, finetune: float | int | None = 0.5, per_channel: bool = False,
                  **policies):
         super().__init__(**policies)
         self.rho = check_positive(rho, "admm_ternary rho")
