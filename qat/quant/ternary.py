@@ -31,7 +31,7 @@ from torch import nn
 from qat.quant.affine import check_when, steps_at
 from qat.quant.functional import ternary_projection, ternary_projection_quantize
 from qat.quant.quantizers import Codes, Identity, TernaryQuant
-from qat.quant.recipe import QuantRecipe, check_positive
+from qat.quant.recipe import QuantRecipe, check_positive, check_started, check_total_steps
 
 
 class ADMMTernaryWeight(nn.Module):
@@ -166,8 +166,11 @@ class ADMMTernary(QuantRecipe):
         return [(n, l) for n, l in self.layers(model) if isinstance(l.weight_quant, ADMMTernaryWeight)]
 
     @torch.no_grad()
-    def on_train_start(self, model, trainer) -> None:
-        total = max(1, int(getattr(trainer, "estimated_stepping_batches", 1) or 1))
+    def on_train_start(self, model, total_steps=None, step: int = 0) -> None:
+        needs = self.finetune is not None or self.update_every is None or self.rho_growth is None
+        total = check_total_steps(self, total_steps, "the ADMM phase, projected phase and rho schedule are "
+                                  "shares of the whole run" if needs else None) or 1
+        self._started = True
         finetune_steps = steps_at(self.finetune, total) or 0
         self._finetune_at = max(0, total - finetune_steps) if finetune_steps else None
         admm_steps = max(1, total - finetune_steps)
@@ -182,7 +185,7 @@ class ADMMTernary(QuantRecipe):
                 q.G.copy_(q.project(layer.weight))
                 q.U.zero_()
                 q.initialized.fill_(True)
-        self._enter_projected_phase(model, int(getattr(trainer, "global_step", 0) or 0))
+        self._enter_projected_phase(model, int(step))
 
     def _projecting(self, model) -> bool:
         layers = self._admm_layers(model)
@@ -207,6 +210,7 @@ class ADMMTernary(QuantRecipe):
 
     @torch.no_grad()
     def after_optimizer_step(self, model, step: int) -> None:
+        check_started(self)
         self._enter_projected_phase(model, step)
         if self._projecting(model) or step % self._every:
             return

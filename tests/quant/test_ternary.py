@@ -1,8 +1,6 @@
 """ADMM ternary: the deployed form (exactly reversible, equal to finalize), the projected phase, the schedule."""
 
 import copy
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -14,7 +12,7 @@ def admm_model(total_steps=20, **kw):
     torch.manual_seed(0)
     recipe = ADMMTernary(**kw)
     model = recipe.prepare(resnet20(num_classes=10, width=4))
-    recipe.on_train_start(model, SimpleNamespace(estimated_stepping_batches=total_steps, global_step=0))
+    recipe.on_train_start(model, total_steps=total_steps)
     return recipe, model
 
 
@@ -102,7 +100,7 @@ def test_rho_grows_to_rho_max_over_the_admm_phase_and_residual_is_logged():
     recipe = ADMMTernary(rho=1e-3, rho_max=1.0, finetune=0.2, first="quant", last="quant")
     model = recipe.prepare(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.ReLU(),
                                                torch.nn.Linear(8, 3)))
-    recipe.on_train_start(model, SimpleNamespace(estimated_stepping_batches=20, global_step=0))
+    recipe.on_train_start(model, total_steps=20)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
     residuals = []
@@ -155,7 +153,7 @@ def test_the_scaled_dual_is_rescaled_when_rho_grows():
     recipe = ADMMTernary(rho=1e-3, rho_growth=10.0, rho_max=1.0, update_every=1, finetune=None,
                          first="quant", last="quant")
     model = recipe.prepare(torch.nn.Sequential(torch.nn.Linear(6, 4)))
-    recipe.on_train_start(model, SimpleNamespace(estimated_stepping_batches=10, global_step=0))
+    recipe.on_train_start(model, total_steps=10)
     layer = admm_layers(recipe, model)[0]
     q = layer.weight_quant
     with torch.no_grad():
