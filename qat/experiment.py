@@ -44,8 +44,31 @@ def _data_facts(datamodule) -> dict:
             "std": [float(v) for v in getattr(datamodule, "std", ()) or ()]}
 
 
+def init_from_checkpoint(model: torch.nn.Module, path) -> None:
+    """Start from the weights of a full-precision qat checkpoint (``init_from=CKPT``), before the
+    recipe swaps layers: e.g. Jacob et al.'s uint8 training fine-tunes a trained float model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k[len("model."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")}
+    hint = "it takes a checkpoint of quant=fp32 with the same model config"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ
+        raise ValueError(f"init_from {path} does not fit this model: {str(err)[:300]}; {hint}") from None
+    if missing or unexpected:
+        raise ValueError(f"init_from {path} does not fit this model (missing {missing[:4]}, unexpected "
+                         f"{unexpected[:4]}): {hint}")
+
+
 def build_module(cfg: DictConfig, datamodule) -> Classifier:
     model = build_model(cfg, datamodule)
+    if cfg.get("init_from_required") and not cfg.get("init_from"):
+        raise ValueError("this experiment fine-tunes a trained float model: pass init_from=CKPT, e.g. "
+                         "OUT/checkpoints/last.ckpt of experiment=paper_resnet20_fp32")
+    if cfg.get("init_from"):
+        init_from_checkpoint(model, cfg.init_from)
     recipe = hydra.utils.instantiate(cfg.quant)
     precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
     if "mixed" in precision and not getattr(recipe, "mixed_precision", True):
@@ -53,9 +76,13 @@ def build_module(cfg: DictConfig, datamodule) -> Classifier:
                          f"trainer.precision={precision}; use trainer.precision=32-true")
     model = recipe.prepare(model)
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data_facts(datamodule)}
+    facts = data_facts(datamodule)
+    distill = hydra.utils.instantiate(cfg.distill) if cfg.get("distill") else None
+    if distill is not None and distill.enabled:
+        distill.check_fits(facts)
+    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": facts}
     return Classifier(model, datamodule.num_classes, optimizer=hydra.utils.instantiate(cfg.optimizer),
-                      scheduler=scheduler, recipe=recipe, meta=meta)
+                      scheduler=scheduler, recipe=recipe, meta=meta, distill=distill)
 
 
 def trainer_config(cfg: DictConfig) -> tuple[dict, bool]:

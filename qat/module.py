@@ -8,6 +8,8 @@ at the start of every test.
 
 from __future__ import annotations
 
+import time
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import pytorch_lightning as pl
@@ -33,6 +35,7 @@ class Classifier(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         recipe: Any = None,
         meta: dict | None = None,
+        distill: Any = None,
     ):
         super().__init__()
         self.model = model
@@ -42,8 +45,11 @@ class Classifier(pl.LightningModule):
         # Plain data (config, data facts) stored in every checkpoint, so that a checkpoint alone
         # rebuilds the model (export, resume) and loads with weights_only=True.
         self.meta = dict(meta or {})
+        # A plain object, not a submodule: the teacher is never in this module's state_dict.
+        self.distill = distill if distill is not None and distill.enabled else None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_train_form = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps the best so far
@@ -56,8 +62,23 @@ class Classifier(pl.LightningModule):
         logits = self.model(x)
         return F.cross_entropy(logits, y), logits, y
 
+    def _deployed(self):
+        return self.recipe.deployed(self.model) if self.recipe is not None else nullcontext()
+
+    def _distill_step(self, batch):
+        x, y = batch
+        t0 = time.perf_counter()
+        teacher = self.distill.teacher_logits(x)
+        # The teacher's cost, in ms per step (CPU time of its forward pass; on a GPU, launch time).
+        self.log("distill/teacher_ms", 1000 * (time.perf_counter() - t0), on_step=False, on_epoch=True)
+        logits = self.model(x)
+        loss, ce, kd = self.distill.loss(logits, teacher, y)
+        self.log("train/ce", ce, on_step=False, on_epoch=True)
+        self.log("train/kd", kd, on_step=False, on_epoch=True)
+        return loss, logits, y
+
     def training_step(self, batch, batch_idx):
-        loss, logits, y = self._shared_step(batch)
+        loss, logits, y = self._distill_step(batch) if self.distill is not None else self._shared_step(batch)
         if self.recipe is not None:
             penalty = self.recipe.penalty(self.model)
             if penalty is not None:
@@ -82,6 +103,15 @@ class Classifier(pl.LightningModule):
             # recipe's step counts it (1 after the first step), as from qat.QATCallback.
             self.recipe.after_optimizer_step(self.model, self.global_step + 1)
 
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.recipe is not None:
+            for name, value in self.recipe.train_stats().items():
+                self.log(name, value, on_step=True, on_epoch=False)
+
+    def on_fit_start(self):
+        if self.distill is not None:
+            self.distill.to(self.device)
+
     def on_train_start(self):
         if self.recipe is not None:
             self.recipe.on_train_start(self.model, **lightning_run_info(self.trainer))
@@ -91,11 +121,16 @@ class Classifier(pl.LightningModule):
             self.recipe.finalize(self.model)
 
     def validation_step(self, batch, batch_idx):
-        loss, logits, y = self._shared_step(batch)
+        with self._deployed():
+            loss, logits, y = self._shared_step(batch)
         self.val_acc(logits, y)
+        # The weights as they train: another forward pass only where they differ from the deployed ones.
+        train_form = self.model(batch[0]) if self.recipe is not None and self.recipe.deploy_differs else logits
+        self.val_acc_train_form(train_form, y)
         # sync_dist: under DDP the epoch mean over every rank's data, not rank 0's share (no-op on one process).
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc_train_form", self.val_acc_train_form, on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:  # a few batches of an untrained model are no "best"
@@ -127,9 +162,23 @@ class Classifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.meta = dict(checkpoint.get("qat_meta", self.meta))
+        self._restore_distill(self.meta.get("config", {}).get("distill"))
         rng = checkpoint.get("qat_rng")
         trainer = getattr(self, "_trainer", None)
         if rng and trainer is not None and trainer.state.fn == "fit":
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _restore_distill(self, node: dict | None) -> None:
+        """A resumed run keeps distilling: its teacher is reloaded from the path in the checkpoint's
+        config (the teacher's weights are never in the checkpoint). A teacher given for this run wins."""
+        trainer = getattr(self, "_trainer", None)
+        if self.distill is not None or not node or not node.get("teacher"):
+            return
+        if trainer is None or trainer.state.fn != "fit":
+            return
+        import hydra
+
+        self.distill = hydra.utils.instantiate(node)
+        self.distill.to(self.device)

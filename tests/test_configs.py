@@ -111,3 +111,23 @@ def test_class_count_is_stated_once():
     for path in Path(CONFIG_DIR).rglob("*.yaml"):
         if path.parent.name != "data":
             assert "num_classes" not in path.read_text(), path
+
+
+@pytest.mark.parametrize("name, recipe, model, epochs, needs_init", [
+    ("paper_resnet20_fp32", "FP32", "resnet20", 164, False),
+    ("paper_binarynet_vgg_small", "BNN", "vgg_small", 500, False),
+    ("paper_admm_ternary_resnet20", "ADMMTernary", "resnet20", 100, True),
+    ("paper_jacob_uint8_resnet20", "QATUint8", "resnet20", 20, True),
+])
+def test_paper_presets_instantiate_with_the_papers_set_up(name, recipe, model, epochs, needs_init, tmp_path):
+    cfg = compose_cfg([f"experiment={name}"], output_dir=tmp_path)
+    assert cfg.trainer.max_epochs == epochs and cfg.model._target_ == f"qat.models.{model}"
+    assert bool(cfg.get("init_from_required")) == needs_init
+    quant = hydra.utils.instantiate(cfg.quant)
+    assert type(quant).__name__ == recipe
+    net = quant.prepare(hydra.utils.instantiate(cfg.model)(num_classes=10, in_channels=3, image_size=(32, 32)))
+    optimizer = hydra.utils.instantiate(cfg.optimizer)(params=net.parameters())
+    assert optimizer.defaults["lr"] == cfg.optimizer.lr
+    if name == "paper_binarynet_vgg_small":  # the paper's width: 14 M parameters
+        assert cfg.model.width == 1.0 and type(optimizer).__name__ == "Adam" and cfg.data.batch_size == 50
+        assert sum(p.numel() for p in net.parameters()) > 13e6

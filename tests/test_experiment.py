@@ -2,7 +2,9 @@
 
 import json
 
+import hydra
 import pytest
+import torch
 
 from qat.experiment import train
 from tests.conftest import compose_cfg
@@ -87,3 +89,26 @@ def test_missing_data_root_fails_before_writing(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         train(cfg)
     assert not out.exists()
+
+
+def test_init_from_loads_an_fp32_checkpoint_and_presets_require_it(tmp_path):
+    from qat.experiment import build_module, init_from_checkpoint
+    from qat.models import resnet20
+
+    cfg = compose_cfg(["experiment=paper_jacob_uint8_resnet20", "data=synthetic", "model.width=4"],
+                      output_dir=tmp_path / "out")
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup("fit")
+    src = resnet20(num_classes=dm.num_classes, width=4)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "fp32.ckpt")
+    dst = resnet20(num_classes=dm.num_classes, width=4)
+    init_from_checkpoint(dst, tmp_path / "fp32.ckpt")
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="does not fit this model"):
+        init_from_checkpoint(resnet20(num_classes=dm.num_classes, width=8), tmp_path / "fp32.ckpt")
+    with pytest.raises(ValueError, match="pass init_from=CKPT"):
+        build_module(cfg, dm)
+    cfg.init_from = str(tmp_path / "fp32.ckpt")
+    module = build_module(cfg, dm)  # qat_uint8 folds BN into the loaded conv weights
+    assert torch.equal(module.model.conv1.weight, src.conv1.weight)

@@ -11,12 +11,14 @@ from qat's Lightning module, from ``qat.QATCallback`` in any LightningModule, or
     recipe.after_optimizer_step(model, step)           # step = optimizer steps taken: 1, 2, ..., N
     recipe.finalize(model)                             # before test and export
 
-None of them needs a Lightning object.
+None of them needs a Lightning object. ``with recipe.deployed(model):`` gives the deployed form
+temporarily and exactly reversibly (validation measures it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -29,6 +31,9 @@ class Recipe:
 
     name = "fp32"
     quantized = False
+    # True where the deployed form differs from the model as it trains (ADMM: W <- G); validation
+    # then measures both forms.
+    deploy_differs = False
     # Trains under trainer.precision=bf16-mixed / 16-mixed (qat's layers run their quantizers in float32).
     mixed_precision = True
 
@@ -55,6 +60,19 @@ class Recipe:
     def finalize(self, model: nn.Module) -> None:
         """Bring the weights to their deployed form before test and export (ADMM: W <- G).
         Must be idempotent: it runs at every test start."""
+
+    @contextmanager
+    def deployed(self, model: nn.Module):
+        """The model in its deployed form inside the block, exactly as it was after it.
+
+        A straight-through recipe's eval-mode forward pass already computes with the deployed
+        (fake-quantized) weights, BatchNorm folded with running statistics, so here the model is as
+        it is; recipes whose trained weights are not the deployed ones (ADMM) override this."""
+        yield model
+
+    def train_stats(self) -> dict[str, float]:
+        """Scalars to log after an optimizer step (ADMM: ||W - G|| / ||W||)."""
+        return {}
 
     def describe(self) -> dict:
         return {"name": self.name}
