@@ -3,6 +3,10 @@
 Values are NCHW (or NC) torch tensors: float32 activations, int32 accumulators, or integer codes.
 Float operations are torch's own functions with the model's parameters, so where the manifest keeps
 a value in float the runtime computes it exactly as the trained model did.
+
+This module holds the layers and the integer ops (quantize, dequantize, threshold, requantize);
+every other op family has a module of its own (``pointwise``, ``pooling``, ``shape_ops``,
+``elementwise``) with its fields and its kernel side by side, merged into ``OPS`` here.
 """
 
 from __future__ import annotations
@@ -11,62 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qat.runtime import kernels, packing, quantize as Q
+from qat.runtime import elementwise, kernels, packing, pointwise, pooling, quantize as Q, shape_ops
 from qat.runtime.errors import FormatError
-
-FLOAT_POINTWISE = ("batchnorm", "relu", "hardtanh")
-
-
-def _t(tensors: dict, name: str | None, what: str, dtype=None, shape=None) -> torch.Tensor | None:
-    if name is None:
-        return None
-    if name not in tensors:
-        raise FormatError(f"{what}: tensor '{name}' is not in tensors.safetensors")
-    arr = tensors[name]
-    if dtype is not None and arr.dtype != np.dtype(dtype):
-        raise FormatError(f"{what}: tensor '{name}' has dtype {arr.dtype}, expected {np.dtype(dtype)}")
-    if shape is not None and tuple(arr.shape) != tuple(shape):
-        raise FormatError(f"{what}: tensor '{name}' has shape {list(arr.shape)}, expected {list(shape)}")
-    return torch.from_numpy(np.array(arr))
-
-
-def _channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Per-channel vector broadcast along dim 1 of an ndim tensor."""
-    return v.reshape([1, -1] + [1] * (ndim - 2))
-
-
-def pointwise(op: dict, params: dict, x: torch.Tensor) -> torch.Tensor:
-    """Float pointwise ops (BatchNorm in eval, ReLU, Hardtanh): the model's own torch functions."""
-    kind = op["op"]
-    if kind == "batchnorm":
-        return F.batch_norm(x, params["running_mean"], params["running_var"], params["weight"],
-                            params["bias"], False, 0.0, float(op["eps"]))
-    if kind == "relu":
-        return F.relu(x)
-    if kind == "hardtanh":
-        return F.hardtanh(x, float(op["min_val"]), float(op["max_val"]))
-    raise FormatError(f"{kind} is not a pointwise op")
-
-
-def batchnorm_params(op: dict, tensors: dict) -> dict:
-    who = f"batchnorm '{op.get('name')}'"
-    return {k: _t(tensors, op.get(k), who, np.float32) for k in ("weight", "bias", "running_mean", "running_var")}
-
-
-class Op:
-    """Base: ``run(env)`` reads ``inputs`` from ``env`` and writes ``outputs``."""
-
-    def __init__(self, op: dict, tensors: dict, values: dict):
-        self.spec = op
-        self.name = op.get("name", op["outputs"][0])
-        self.inputs = list(op["inputs"])
-        self.outputs = list(op["outputs"])
-
-    def run(self, env: dict) -> None:
-        env[self.outputs[0]] = self.forward(*[env[i] for i in self.inputs])
-
-    def forward(self, *xs):  # pragma: no cover - abstract
-        raise NotImplementedError
+from qat.runtime.opbase import Op, channel as _channel, tensor as _t
 
 
 class Quantize(Op):
@@ -77,54 +28,6 @@ class Quantize(Op):
 
     def forward(self, x):
         return Q.quantize(x, self.quant)
-
-
-class Pointwise(Op):
-    def __init__(self, op, tensors, values):
-        super().__init__(op, tensors, values)
-        self.params = batchnorm_params(op, tensors) if op["op"] == "batchnorm" else {}
-
-    def forward(self, x):
-        return pointwise(self.spec, self.params, x)
-
-
-class MaxPool(Op):
-    def forward(self, x):
-        s = self.spec
-        return F.max_pool2d(x, s["kernel_size"], s["stride"], s["padding"], s["dilation"], s["ceil_mode"])
-
-
-class AvgPool(Op):
-    def forward(self, x):
-        s = self.spec
-        return F.avg_pool2d(x, s["kernel_size"], s["stride"], s["padding"], s["ceil_mode"],
-                            s["count_include_pad"], s["divisor_override"])
-
-
-class GlobalAvgPool(Op):
-    def forward(self, x):
-        return F.adaptive_avg_pool2d(x, 1)
-
-
-class Flatten(Op):
-    def forward(self, x):
-        return torch.flatten(x, int(self.spec["start_dim"]), int(self.spec["end_dim"]))
-
-
-class Add(Op):
-    def forward(self, a, b):
-        return a + b
-
-
-class Slice(Op):
-    def forward(self, x):
-        idx = tuple(slice(a, b, c) for a, b, c in self.spec["slices"][1:])
-        return x[(slice(None),) + idx]
-
-
-class Pad(Op):
-    def forward(self, x):
-        return F.pad(x, list(self.spec["pad"]), value=float(self.spec["value"]))
 
 
 class Dequantize(Op):
@@ -225,6 +128,9 @@ class Layer(Op):
         if self.conv:
             o, i, (kh, kw) = int(op["out_channels"]), int(op["in_channels"]), op["kernel_size"]
             self.groups = int(op.get("groups", 1))
+            if self.groups < 1 or i % self.groups or o % self.groups:
+                raise FormatError(f"{op['op']} '{op.get('name')}': groups={self.groups} must divide "
+                                  f"in_channels={i} and out_channels={o}")
             shape = [o, kh, kw, i // self.groups]
             self.geom = (op["kernel_size"], op["stride"], op["padding"], op["dilation"])
         else:
@@ -254,14 +160,17 @@ class Layer(Op):
                 raise FormatError(f"{who}: xnor_popcount needs 1-bit weights and sign inputs")
             k = int(np.prod(shape[1:]))
             words = kernels.words64_from_file(np.asarray(buf), o, packing.matrix_shape(shape)[2])
-            self.kernel = (kernels.BinaryConv2d(words, i, *self.geom) if self.conv
+            self.kernel = (kernels.BinaryConv2d(words, i, *self.geom, groups=self.groups) if self.conv
                            else kernels.BinaryMatmul(words, k))
         elif self.compute == "int":
             zw = _t(tensors, w.get("zero_point"), who, np.int32)
             zw = np.zeros(1, np.int64) if zw is None else zw.numpy().astype(np.int64)
             zw = np.broadcast_to(zw.reshape(-1), (o,)).copy()
             _, zx = Q.scale_and_zero_point(self.in_spec)
-            self.kernel = kernels.IntMatmul(codes.reshape(o, -1), zw, Q.code_bounds(self.in_spec), zx)
+            if self.groups > 1:
+                self.kernel = kernels.GroupedIntMatmul(codes.reshape(o, -1), zw, zx, self.groups, i)
+            else:
+                self.kernel = kernels.IntMatmul(codes.reshape(o, -1), zw, Q.code_bounds(self.in_spec), zx)
         elif self.compute == "signed_sum":
             if w["kind"] not in ("sign", "binary", "ternary"):
                 raise FormatError(f"{who}: signed_sum needs sign, binary or ternary weights")
@@ -332,7 +241,6 @@ class DynamicQuantizeDecode(Op):
 
 OPS = {
     "quantize": Quantize, "conv2d": Layer, "linear": Layer, "dequantize": Dequantize,
-    "threshold": Threshold, "requantize": Requantize, "batchnorm": Pointwise, "relu": Pointwise,
-    "hardtanh": Pointwise, "maxpool2d": MaxPool, "avgpool2d": AvgPool, "global_avgpool": GlobalAvgPool,
-    "flatten": Flatten, "add": Add, "slice": Slice, "pad": Pad, "fake_quantize": DynamicQuantizeDecode,
+    "threshold": Threshold, "requantize": Requantize, "fake_quantize": DynamicQuantizeDecode,
+    **pointwise.OPS, **pooling.OPS, **shape_ops.OPS, **elementwise.OPS,
 }

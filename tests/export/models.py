@@ -30,11 +30,6 @@ def build(model: str, width: float = 1.0):
     raise ValueError(model)
 
 
-class _Trainer:
-    estimated_stepping_batches = 100
-    global_step = 0
-
-
 def deployed(model: str, recipe: str, seed: int = 0, net: nn.Module | None = None, shape=SHAPE,
              **recipe_kwargs):
     """``(model, recipe)``: prepared, BN statistics randomised, calibrated, finalized, eval mode.
@@ -50,7 +45,7 @@ def deployed(model: str, recipe: str, seed: int = 0, net: nn.Module | None = Non
                 mod.weight.uniform_(-1.5, 1.5)
                 mod.bias.uniform_(-0.5, 0.5)
     m.train()
-    r.on_train_start(m, _Trainer())
+    r.on_train_start(m, total_steps=100)
     with torch.no_grad():
         for _ in range(3):
             m(torch.randn(16, *shape))
