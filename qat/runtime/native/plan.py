@@ -17,14 +17,23 @@ from qat.runtime.native import ops as N
 from qat.runtime.native.values import NATIVE, reference
 
 
+# ops whose every output element is computed alone from the same elements of the inputs: their
+# result does not depend on the memory format, so they may read channels_last views; any other op
+# (reductions, convolutions, BatchNorm) reads contiguous NCHW, as in the reference runtime
+ELEMENTWISE = {"dequantize", "quantize", "threshold", "requantize", "add", "mul", "relu", "hardtanh"}
+
+
 class RefStep:
     """A reference op, fed reference-layout inputs."""
 
     def __init__(self, op):
         self.op, self.inputs, self.outputs = op, op.inputs, op.outputs
+        self.any_format = op.spec["op"] in ELEMENTWISE
 
     def run(self, env):
         local = {name: reference(env[name]) for name in self.inputs}
+        if not self.any_format:
+            local = {k: v.contiguous() for k, v in local.items()}
         self.op.run(local)
         for name in self.outputs:
             env[name] = local[name]

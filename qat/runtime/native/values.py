@@ -54,9 +54,9 @@ class Nhwc:
 
 
 def _nchw_view(nhwc: torch.Tensor, flat: bool) -> torch.Tensor:
-    """An NHWC tensor as the reference's NCHW value: a channels_last view (no copy; torch's
-    elementwise ops keep that memory format, so a float residual stream stays NHWC), or the
-    ``[n, c * h * w]`` flattening in (c, h, w) order."""
+    """An NHWC tensor as the reference's NCHW value: a channels_last view (no copy; elementwise
+    ops keep that memory format, and ``plan.RefStep`` makes it contiguous for any other op), or
+    the ``[n, c * h * w]`` flattening in (c, h, w) order."""
     out = nhwc.permute(0, 3, 1, 2)
     return out.reshape(out.shape[0], -1) if flat else out
 
