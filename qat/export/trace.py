@@ -17,12 +17,15 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from qat.export.errors import ExportError
+from qat.quant.binary_blocks import ChannelScale, ChannelShift, RPReLU
 from qat.quant.layers import QuantConv2d, QuantLinear
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)  # QuantConv2d / QuantConvBn2d / QuantLinear subclass these
 SUPPORTED_MODULES = ("Conv2d", "Linear", "QuantConv2d", "QuantConvBn2d", "QuantLinear", "BatchNorm1d",
                      "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "MaxPool2d", "AvgPool2d",
-                     "AdaptiveAvgPool2d(1)", "Flatten", "Identity", "Dropout")
+                     "AdaptiveAvgPool2d(1)", "Flatten", "Identity", "Dropout", "ChannelScale", "ChannelShift",
+                     "RPReLU")
+BLOCK_OPS = {ChannelScale: "scale", ChannelShift: "shift", RPReLU: "rprelu"}
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Node:
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (QuantConv2d, QuantLinear)):
+        if isinstance(m, (QuantConv2d, QuantLinear)) or type(m) in BLOCK_OPS:
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -62,6 +65,8 @@ def _module_node(name: str, m: nn.Module, args: list[str], shape) -> Node | str:
         if not m.track_running_stats or m.running_mean is None:
             raise ExportError(f"'{name}': BatchNorm without running statistics cannot export")
         return Node(name, "batchnorm", args, shape, m, {"eps": float(m.eps)})
+    if type(m) in BLOCK_OPS:  # the better-binary-network blocks: per-channel float pointwise ops
+        return Node(name, BLOCK_OPS[type(m)], args, shape, m)
     if type(m) is nn.ReLU:
         return Node(name, "relu", args, shape, m)
     if isinstance(m, nn.Hardtanh):  # ReLU6 too

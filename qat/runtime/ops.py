@@ -14,7 +14,11 @@ import torch.nn.functional as F
 from qat.runtime import kernels, packing, quantize as Q
 from qat.runtime.errors import FormatError
 
-FLOAT_POINTWISE = ("batchnorm", "relu", "hardtanh")
+FLOAT_POINTWISE = ("batchnorm", "relu", "hardtanh", "scale", "shift", "rprelu")
+#: per-channel float32 tensors of each pointwise op (manifest field = tensor name = the model
+#: module's attribute): the better-binary-network blocks of ``qat.quant.binary_blocks`` and BatchNorm
+POINTWISE_TENSORS = {"batchnorm": ("weight", "bias", "running_mean", "running_var"), "scale": ("scale",),
+                     "shift": ("shift",), "rprelu": ("bias_in", "slope", "bias_out")}
 
 
 def _t(tensors: dict, name: str | None, what: str, dtype=None, shape=None) -> torch.Tensor | None:
@@ -36,7 +40,12 @@ def _channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def pointwise(op: dict, params: dict, x: torch.Tensor) -> torch.Tensor:
-    """Float pointwise ops (BatchNorm in eval, ReLU, Hardtanh): the model's own torch functions."""
+    """Float pointwise ops with the model's own torch arithmetic (bit for bit):
+
+    * ``batchnorm`` (eval), ``relu``, ``hardtanh``;
+    * ``scale``: ``x * scale[c]`` (``ChannelScale``); ``shift``: ``x + shift[c]`` (``ChannelShift``);
+    * ``rprelu``: ``prelu(x + bias_in[c], slope[c]) + bias_out[c]`` (``RPReLU``).
+    """
     kind = op["op"]
     if kind == "batchnorm":
         return F.batch_norm(x, params["running_mean"], params["running_var"], params["weight"],
@@ -45,12 +54,23 @@ def pointwise(op: dict, params: dict, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x)
     if kind == "hardtanh":
         return F.hardtanh(x, float(op["min_val"]), float(op["max_val"]))
+    if kind == "scale":
+        return x * _channel(params["scale"], x.dim())
+    if kind == "shift":
+        return x + _channel(params["shift"], x.dim())
+    if kind == "rprelu":
+        return F.prelu(x + _channel(params["bias_in"], x.dim()), params["slope"]) + _channel(params["bias_out"], x.dim())
     raise FormatError(f"{kind} is not a pointwise op")
 
 
-def batchnorm_params(op: dict, tensors: dict) -> dict:
-    who = f"batchnorm '{op.get('name')}'"
-    return {k: _t(tensors, op.get(k), who, np.float32) for k in ("weight", "bias", "running_mean", "running_var")}
+def pointwise_params(op: dict, tensors: dict) -> dict:
+    """The per-channel tensors of a pointwise op (BatchNorm's weight and bias may be null)."""
+    who = f"{op['op']} '{op.get('name')}'"
+    names = POINTWISE_TENSORS.get(op["op"], ())
+    params = {k: _t(tensors, op.get(k), who, np.float32) for k in names}
+    if op["op"] != "batchnorm" and any(params[k] is None for k in names):
+        raise FormatError(f"{who}: needs the tensors {', '.join(names)}")
+    return params
 
 
 class Op:
@@ -82,7 +102,7 @@ class Quantize(Op):
 class Pointwise(Op):
     def __init__(self, op, tensors, values):
         super().__init__(op, tensors, values)
-        self.params = batchnorm_params(op, tensors) if op["op"] == "batchnorm" else {}
+        self.params = pointwise_params(op, tensors)
 
     def forward(self, x):
         return pointwise(self.spec, self.params, x)
@@ -333,6 +353,6 @@ class DynamicQuantizeDecode(Op):
 OPS = {
     "quantize": Quantize, "conv2d": Layer, "linear": Layer, "dequantize": Dequantize,
     "threshold": Threshold, "requantize": Requantize, "batchnorm": Pointwise, "relu": Pointwise,
-    "hardtanh": Pointwise, "maxpool2d": MaxPool, "avgpool2d": AvgPool, "global_avgpool": GlobalAvgPool,
+    "hardtanh": Pointwise, "scale": Pointwise, "shift": Pointwise, "rprelu": Pointwise, "maxpool2d": MaxPool, "avgpool2d": AvgPool, "global_avgpool": GlobalAvgPool,
     "flatten": Flatten, "add": Add, "slice": Slice, "pad": Pad, "fake_quantize": DynamicQuantizeDecode,
 }
