@@ -62,9 +62,12 @@ METHODS = {
                     ("bnn, all options", "bnn", None, ("quant.bireal_shortcut=true", "quant.learnable_threshold=true",
                                                        "quant.rprelu=true", "quant.sign_grad=approx", "quant.scale=true")),
                     ("bnn + Bi-Real shortcut", "bnn", None, ("quant.bireal_shortcut=true",)),
-                    ("bnn + RSign + RPReLU", "bnn", None, ("quant.learnable_threshold=true", "quant.rprelu=true")),
+                    ("bnn + Bi-Real + RSign + ApproxSign", "bnn", None, (
+                        "quant.bireal_shortcut=true", "quant.learnable_threshold=true", "quant.sign_grad=approx")),
+                    ("bnn + RSign", "bnn", None, ("quant.learnable_threshold=true",)),
                     ("bnn + ApproxSign", "bnn", None, ("quant.sign_grad=approx",)),
-                    ("bnn + scale", "bnn", None, ("quant.scale=true",))],
+                    ("bnn + scale", "bnn", None, ("quant.scale=true",)),
+                    ("bnn + RSign + RPReLU", "bnn", None, ("quant.learnable_threshold=true", "quant.rprelu=true"))],
 }
 
 
@@ -104,7 +107,7 @@ class Run:
         self.sched.step()
         self.step += 1
         self.recipe.after_optimizer_step(self.model, self.step)
-        return float(loss)
+        return float(loss.detach())
 
     @torch.no_grad()
     def accuracy(self, loader, pre) -> float:
