@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from qat.models.custom import accepted
 from qat.module import Classifier
 from qat.utils.checkpoint_io import AtomicCheckpointIO
 from qat.utils.io import atomic_write_json, atomic_write_text
@@ -22,10 +23,11 @@ log = logging.getLogger(__name__)
 
 def build_model(cfg: DictConfig, datamodule) -> torch.nn.Module:
     """The model factory gets the data facts (classes, channels, image size) from the data module:
-    they are stated once, in the data config or the files themselves."""
+    they are stated once, in the data config or the files themselves. A factory gets those it accepts."""
     factory = hydra.utils.instantiate(cfg.model)
-    return factory(num_classes=datamodule.num_classes, in_channels=datamodule.in_channels,
-                   image_size=tuple(datamodule.image_size))
+    facts = {"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels,
+             "image_size": tuple(datamodule.image_size)}
+    return factory(**accepted(factory, facts))
 
 
 def data_facts(datamodule) -> dict:
@@ -45,11 +47,21 @@ def _data_facts(datamodule) -> dict:
 def build_module(cfg: DictConfig, datamodule) -> Classifier:
     model = build_model(cfg, datamodule)
     recipe = hydra.utils.instantiate(cfg.quant)
+    precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
+    if "mixed" in precision and not getattr(recipe, "mixed_precision", True):
+        raise ValueError(f"quant={getattr(recipe, 'name', type(recipe).__name__)} does not train under "
+                         f"trainer.precision={precision}; use trainer.precision=32-true")
     model = recipe.prepare(model)
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data_facts(datamodule)}
     return Classifier(model, datamodule.num_classes, optimizer=hydra.utils.instantiate(cfg.optimizer),
                       scheduler=scheduler, recipe=recipe, meta=meta)
+
+
+def trainer_config(cfg: DictConfig) -> tuple[dict, bool]:
+    """The Trainer's arguments from ``cfg.trainer``, and qat's own ``channels_last`` key taken out of them."""
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return trainer_cfg, bool(trainer_cfg.pop("channels_last", False))
 
 
 def _instantiate_group(node) -> list:
@@ -79,10 +91,14 @@ class Result:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> Path | None:
-    """``ckpt_path=PATH`` as given, or with ``resume=true`` this run's ``checkpoints/last.ckpt``."""
+    """``ckpt_path=PATH`` as given, or with ``resume=true`` this run's ``checkpoints/last.ckpt`` (an error if
+    absent); ``resume=auto``: that checkpoint if it exists, else a fresh start (preemptible jobs)."""
     path = cfg.get("ckpt_path")
-    if path is None and cfg.get("resume", False):
+    resume = cfg.get("resume", False)
+    if path is None and resume:
         path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if resume == "auto" and not path.is_file():  # a job that may be requeued: first start, or resume
+            return None
         if not path.is_file():
             raise FileNotFoundError(f"resume=true but there is no {path}: pass the interrupted run's folder as "
                                     f"hydra.run.dir=..., or a checkpoint as ckpt_path=...")
@@ -119,9 +135,15 @@ def train(cfg: DictConfig) -> Result:
         check_checkpoint_fits(ckpt_path, datamodule)
 
     module = build_module(cfg, datamodule)
+    if cfg.get("compile", False):
+        # In place (nn.Module.compile): parameter names, checkpoints and exports are unchanged.
+        module.model.compile()
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+    trainer_cfg, channels_last = trainer_config(cfg)
+    if channels_last:
+        module.model.to(memory_format=torch.channels_last)
+    trainer: pl.Trainer = hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
                                                   plugins=[AtomicCheckpointIO()])
 
     if trainer.is_global_zero:

@@ -17,6 +17,8 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from qat.callbacks.recipe_hooks import lightning_run_info
+
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
@@ -76,11 +78,13 @@ class Classifier(pl.LightningModule):
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         if self.recipe is not None:
-            self.recipe.after_optimizer_step(self.model, self.global_step)
+            # Lightning counts this step in global_step only after optimizer_step returns; the
+            # recipe's step counts it (1 after the first step), as from qat.QATCallback.
+            self.recipe.after_optimizer_step(self.model, self.global_step + 1)
 
     def on_train_start(self):
         if self.recipe is not None:
-            self.recipe.on_train_start(self.model, self.trainer)
+            self.recipe.on_train_start(self.model, **lightning_run_info(self.trainer))
 
     def on_test_start(self):
         if self.recipe is not None:

@@ -44,6 +44,7 @@ def plain_round(cfg, dm, steps: int, warmup: int) -> float:
     model.train()
     optimizer = module.optimizer_factory(params=model.parameters())
     scheduler = module.scheduler_factory(optimizer, total_steps=steps + warmup)
+    recipe.on_train_start(model, total_steps=steps + warmup)  # as Lightning's run does
     pre = dm.preprocess
     it = iter(dm.train_dataloader())
     t0 = None

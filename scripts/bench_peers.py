@@ -36,7 +36,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import hydra
 import torch
@@ -93,8 +92,7 @@ class Run:
         self.sched = hydra.utils.instantiate(cfg.scheduler)(self.opt, total_steps=total_steps)
         self.step = 0
         self.model.train()
-        self.recipe.on_train_start(self.model, SimpleNamespace(estimated_stepping_batches=total_steps,
-                                                               global_step=0))
+        self.recipe.on_train_start(self.model, total_steps=total_steps)
 
     def train_step(self, x, y) -> float:
         loss = F.cross_entropy(self.model(x), y)

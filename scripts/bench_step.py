@@ -33,11 +33,6 @@ def build(recipe: str, model: str):
     return rec.prepare(net), rec
 
 
-class FakeTrainer:
-    global_step = 0
-    estimated_stepping_batches = 10**6
-
-
 def time_steps(net, recipe, opt, x, y, steps: int, start: int) -> float:
     t0 = time.perf_counter()
     for i in range(steps):
@@ -73,7 +68,7 @@ def main() -> None:
     state = {}
     for name, (net, rec) in variants.items():
         net.train()
-        rec.on_train_start(net, FakeTrainer())
+        rec.on_train_start(net, total_steps=10**6)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         time_steps(net, rec, opt, x, y, 2, 0)  # warm-up: allocator, observers' first batch
         state[name] = (net, rec, opt, [])

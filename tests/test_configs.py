@@ -1,13 +1,17 @@
 """Every option of every config group composes and instantiates."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import pytest
+
+from qat.experiment import trainer_config
 import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from qat.experiment import build_model
 from qat.quant.recipe import Recipe
 from tests.conftest import CONFIG_DIR, compose_cfg
 
@@ -18,7 +22,7 @@ def options(group):
 
 def test_groups_have_the_promised_options():
     assert {"cifar10", "imagefolder", "synthetic"} <= set(options("data"))
-    assert {"resnet20", "vgg_small", "mlp"} <= set(options("model"))
+    assert {"resnet20", "vgg_small", "mlp", "torchvision", "custom"} <= set(options("model"))
     assert {"default", "gpu", "ddp", "debug"} <= set(options("trainer"))
     assert {"sgd", "adam"} <= set(options("optimizer"))
     assert {"tensorboard", "csv"} <= set(options("logger"))
@@ -27,17 +31,29 @@ def test_groups_have_the_promised_options():
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_options_instantiate(name, tmp_path):
-    over = [f"data={name}"] + (["data.root=" + str(tmp_path)] if name == "imagefolder" else [])
+    over = [f"data={name}"] + (["data.root=" + str(tmp_path)] if name in ("imagefolder", "shards") else [])
     cfg = compose_cfg(over, output_dir=tmp_path)
     dm = hydra.utils.instantiate(cfg.data)
     assert hasattr(dm, "train_dataloader")
 
 
-@pytest.mark.parametrize("name", options("model"))
-def test_model_options_instantiate(name, tmp_path):
-    cfg = compose_cfg([f"model={name}"], output_dir=tmp_path)
-    model = hydra.utils.instantiate(cfg.model)(num_classes=10, in_channels=3, image_size=(32, 32))
+# Options that need a value to build (model=custom names the user's factory), and variants worth composing.
+MODEL_VARIANTS = {"custom": [["model.factory=qat.models.mlp:mlp", "+model.kwargs.hidden=16"]],
+                  "torchvision": [[], ["model.name=mobilenet_v2", "model.small_input=true",
+                                       "+model.kwargs.width_mult=0.25"]]}
+
+
+@pytest.mark.parametrize("name, extra", [(n, e) for n in options("model") for e in MODEL_VARIANTS.get(n, [[]])])
+def test_model_options_instantiate(name, extra, tmp_path):
+    cfg = compose_cfg([f"model={name}", *extra], output_dir=tmp_path)
+    model = build_model(cfg, SimpleNamespace(num_classes=10, in_channels=3, image_size=(32, 32))).eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_custom_model_needs_a_factory(tmp_path):
+    cfg = compose_cfg(["model=custom"], output_dir=tmp_path)
+    with pytest.raises(Exception, match="factory"):
+        build_model(cfg, SimpleNamespace(num_classes=10, in_channels=3, image_size=(32, 32)))
 
 
 @pytest.mark.parametrize("name", options("quant"))
@@ -65,7 +81,7 @@ def test_trainer_options_compose(name, tmp_path):
     cfg = compose_cfg([f"trainer={name}"], output_dir=tmp_path)
     assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
     if name in ("default", "debug"):  # gpu and ddp need hardware / processes to build
-        trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        trainer = hydra.utils.instantiate(trainer_config(cfg)[0], logger=False, enable_checkpointing=False)
         assert trainer.max_epochs >= 1
 
 

@@ -43,12 +43,18 @@ def test_fast_dev_run_every_model_and_data(model, data, data_roots, tmp_path):
 
 
 def test_training_on_synthetic_data_learns(tmp_path):
-    # 4 classes: chance is 0.25.
-    cfg = compose_cfg(["data=synthetic", "model=resnet20", "trainer.max_epochs=3",
-                       "optimizer.lr=0.05", *QUIET], output_dir=tmp_path / "out")
+    # 4 classes: chance is 0.25. The network learns these data within a few steps; what decides the
+    # eval-mode accuracy of so short a run is whether BatchNorm's running statistics (an EMA, momentum
+    # 0.1) have caught up with the weights. With 24 steps of 64 images they had not: test accuracy
+    # swung between 0.70 and 1.0 with the seed (seed 42: 0.703, test loss 2.8, yet 0.992 with the
+    # statistics recomputed for the final weights). The same 3 epochs in 48 steps of 32 images let
+    # them catch up (seed 42: 0.99); 512 test images keep the sampling error of the accuracy <= 0.022.
+    cfg = compose_cfg(["data=synthetic", "model=resnet20", "trainer.max_epochs=3", "data.batch_size=32",
+                       "data.n_val=512", "data.n_test=512", "optimizer.lr=0.05", *QUIET],
+                      output_dir=tmp_path / "out")
     result = train(cfg)
-    assert result.metrics["test/acc"] >= 0.7, result.metrics
-    assert result.metrics["val/acc_best"] >= 0.7
+    assert result.metrics["test/acc"] >= 0.85, result.metrics
+    assert result.metrics["val/acc_best"] >= 0.85
 
 
 def test_outputs_of_a_run(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qat.config import ROOT
-from qat.experiment import train
+from qat.experiment import resolve_ckpt_path, train
 from tests.conftest import compose_cfg
 
 TINY = ["data=synthetic", "data.n_train=192", "data.batch_size=32", "model=resnet20", "model.width=4",
@@ -81,3 +81,11 @@ def test_a_pickled_object_in_a_checkpoint_is_never_executed(tmp_path):
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
         train(compose_cfg([*TINY, f"ckpt_path={ckpt}"], output_dir=tmp_path / "b"))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_auto_starts_fresh_then_resumes(tmp_path):
+    cfg = compose_cfg(["resume=auto"], output_dir=tmp_path)
+    assert resolve_ckpt_path(cfg) is None
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resolve_ckpt_path(cfg) == tmp_path / "checkpoints" / "last.ckpt"

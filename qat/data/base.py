@@ -70,6 +70,23 @@ def holdout_split(n: int, n_val: int, seed: int) -> tuple[torch.Tensor, torch.Te
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+def class_interleaved(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fixed, seeded order of ``labels`` (a permutation) in which the classes are interleaved, so
+    that any prefix — a limited evaluation such as ``trainer.limit_test_batches=2`` — holds every class
+    in proportion to its share. Within a class the order is a seeded shuffle; sample ``i`` of a class of
+    ``n`` goes to position key ``(i + 1/2) / n``, keys are sorted (ties by class index)."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    g = torch.Generator().manual_seed(_mix_seed(seed, 3, 0))
+    keys = torch.empty(labels.numel(), dtype=torch.float64)
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        keys[idx] = (torch.arange(idx.numel(), dtype=torch.float64) + 0.5) / idx.numel()
+    # stable sort on (key, class): ties keep class order
+    order = torch.argsort(labels.to(torch.float64), stable=True)
+    return order[torch.argsort(keys[order], stable=True)]
+
+
 def _mix_seed(seed: int, stream: int, rank: int) -> int:
     return (int(seed) * 0x9E3779B1 + stream * 0x85EBCA77 + rank * 0xC2B2AE3D) % (2**63 - 1)
 
@@ -86,14 +103,14 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         seeds are validated on the same images.
     augment / pad / flip: random crop with ``pad``-pixel zero padding and random horizontal flip,
         while training only.
-    pin_memory: pin loader batches (GPU training).
+    pin_memory: pin loader batches for a fast copy to the GPU; ``None``: when the trainer runs on CUDA.
     mean / std: per-channel normalisation (values in [0, 1]); ``None``: the subclass default
         (:meth:`default_mean_std`).
     """
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
                  seed: int = 0, augment: bool = True, pad: int = 4, flip: bool = True,
-                 pin_memory: bool = False, mean: Sequence[float] | None = None,
+                 pin_memory: bool | None = False, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, split_seed: int = 0):
         super().__init__()
         if int(batch_size) <= 0:
@@ -110,7 +127,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.split_seed = int(split_seed)
         self.augment, self.pad, self.flip = bool(augment), int(pad), bool(flip)
-        self.pin_memory = bool(pin_memory)
+        self.pin_memory = bool(pin_memory) if pin_memory is not None else None
         self._mean_std_arg = (tuple(float(v) for v in mean), tuple(float(v) for v in std)) if mean is not None else None
 
         self._loaded: LoadedData | None = None
@@ -161,6 +178,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         else:
             tr, va = holdout_split(data.train_images.shape[0], self._val_holdout_size(data.train_images.shape[0]),
                                    self.split_seed)
+            va = va[class_interleaved(data.train_labels.index_select(0, va), self.split_seed)]
             train_x, train_y = data.train_images.index_select(0, tr), data.train_labels.index_select(0, tr)
             val_x, val_y = data.train_images.index_select(0, va), data.train_labels.index_select(0, va)
         self.train_set = TensorImageDataset(train_x, train_y)
@@ -264,6 +282,12 @@ class InMemoryImageDataModule(pl.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}: {what} is available after prepare_data() and setup()")
         return value
 
+    def _pin_memory(self) -> bool:
+        if self.pin_memory is not None:
+            return self.pin_memory
+        strategy = getattr(self.trainer, "strategy", None) if self.trainer is not None else None
+        return bool(strategy is not None and strategy.root_device.type == "cuda")
+
     def _loader(self, ds: TensorImageDataset, batch_size: int, shuffle: bool) -> DataLoader:
         kwargs: dict[str, Any] = {}
         if shuffle:
@@ -272,5 +296,5 @@ class InMemoryImageDataModule(pl.LightningDataModule):
                 g.set_state(self._shuffle_state)
             self._shuffle_generator = kwargs["generator"] = g
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=passthrough_collate, pin_memory=self.pin_memory, drop_last=False,
+                          collate_fn=passthrough_collate, pin_memory=self._pin_memory(), drop_last=False,
                           persistent_workers=self.num_workers > 0, **kwargs)

@@ -27,7 +27,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: val/ and test/ stored class-interleaved
 CACHE_SUBDIR = ".qat_cache"
 
 

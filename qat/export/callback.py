@@ -7,6 +7,13 @@ qat_uint8) then runs the test split next to the fake-quant model, and ``extra_me
 metrics.json by ``qat.experiment``) gets ``export/acc``, ``export/agreement``, ``export/size_bytes``,
 ``export/compression`` and friends. An export that fails is logged with its error and recorded as
 ``export/failed: 1.0``; the run's other results are kept.
+
+With any LightningModule and data: the recipe and network come from a ``qat.QATCallback`` on the
+trainer (or the module's ``recipe`` and ``model`` attributes, as in qat's ``Classifier``);
+``input_shape=(C, H, W)`` and ``normalization={"mean": [...], "std": [...]}`` (what maps uint8 pixels
+to the network's input) are needed unless the data module states them (qat's do). Missing, they are
+an error at setup, before training. Verification then runs on the trainer's test loaders, whose
+batches are ``(input, label)``.
 """
 
 from __future__ import annotations
@@ -24,21 +31,26 @@ from qat.export.verify import compare, test_batches, write_report
 log = logging.getLogger(__name__)
 
 
-def _limit(trainer: pl.Trainer, datamodule) -> int | None:
+def _limit(trainer: pl.Trainer) -> int | None:
     """The number of test batches the trainer's test used, so export/acc compares with test/acc."""
-    lim = getattr(trainer, "limit_test_batches", None)
-    if lim is None or (isinstance(lim, float) and lim >= 1.0):
-        return None
-    if isinstance(lim, int):
-        return lim
-    return max(1, int(math.floor(lim * len(datamodule.test_dataloader()))))
+    n = trainer.num_test_batches
+    n = n[0] if isinstance(n, (list, tuple)) and n else n
+    return int(n) if isinstance(n, (int, float)) and math.isfinite(n) else None
 
 
 class ExportCallback(pl.Callback):
     def __init__(self, output_dir: str, enabled: bool = True, verify: bool = True,
-                 ternary_packing: str = "bits", onnx: bool | None = None):
+                 ternary_packing: str = "bits", onnx: bool | None = None,
+                 input_shape: tuple[int, int, int] | None = None, normalization: dict | None = None):
         if ternary_packing not in ("bits", "trits"):
             raise ValueError(f"export ternary_packing must be 'bits' or 'trits', got {ternary_packing!r}")
+        if input_shape is not None and (len(tuple(input_shape)) != 3 or min(int(v) for v in input_shape) < 1):
+            raise ValueError(f"ExportCallback input_shape must be (C, H, W), got {input_shape!r}")
+        if normalization is not None and ({"mean", "std"} - set(normalization)):
+            raise ValueError(f"ExportCallback normalization needs 'mean' and 'std' lists, got {normalization!r}")
+        self.input_shape = tuple(int(v) for v in input_shape) if input_shape is not None else None
+        self.normalization = ({"mean": [float(v) for v in normalization["mean"]],
+                               "std": [float(v) for v in normalization["std"]]} if normalization is not None else None)
         self.output_dir = Path(output_dir)
         self.enabled = bool(enabled)
         self.verify = bool(verify)
@@ -58,31 +70,65 @@ class ExportCallback(pl.Callback):
                           self.output_dir)
             self.extra_metrics = {"export/failed": 1.0}
 
+    @staticmethod
+    def recipe_and_network(trainer: pl.Trainer, pl_module: pl.LightningModule):
+        """From a ``QATCallback`` on the trainer, else the module's ``recipe`` and ``model``."""
+        from qat.callbacks.recipe_hooks import QATCallback
+
+        for cb in getattr(trainer, "callbacks", ()):
+            if isinstance(cb, QATCallback):
+                return cb.recipe, cb.network(pl_module)
+        return getattr(pl_module, "recipe", None), getattr(pl_module, "model", pl_module)
+
+    def input_facts(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
+        """``(input_shape, normalization)``: given, else from the checkpoint's data facts and the data
+        module; an error that says what to pass when neither has them."""
+        dm = trainer.datamodule
+        data = getattr(pl_module, "meta", {}).get("data", {})
+        shape, norm = self.input_shape, self.normalization
+        if shape is None:
+            try:
+                shape = (int(data.get("in_channels", dm.in_channels)),) + tuple(
+                    int(s) for s in data.get("image_size", dm.image_size))
+            except (AttributeError, RuntimeError, TypeError):
+                shape = None
+        if norm is None and getattr(dm, "mean", None) is not None and getattr(dm, "std", None) is not None:
+            try:
+                norm = {"mean": list(dm.mean), "std": list(dm.std)}
+            except RuntimeError:  # a qat data module before setup
+                norm = None
+        if shape is None or norm is None:
+            missing = [w for w, v in (("input_shape=(C, H, W)", shape),
+                                      ("normalization={'mean': [...], 'std': [...]}", norm)) if v is None]
+            raise ValueError(f"ExportCallback needs {' and '.join(missing)}: the data module "
+                             f"({type(dm).__name__ if dm is not None else 'none'}) does not state them; pass them "
+                             f"to ExportCallback(...)")
+        return shape, norm
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        recipe, _ = self.recipe_and_network(trainer, pl_module)
+        if self.enabled and getattr(recipe, "quantized", False) and getattr(recipe, "exportable", True):
+            self.input_facts(trainer, pl_module)  # fail before training, not after it
+
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        recipe = getattr(pl_module, "recipe", None)
-        model = pl_module.model
+        recipe, model = self.recipe_and_network(trainer, pl_module)
         if recipe is None or not getattr(recipe, "quantized", False) or not is_quantized(model):
             log.info("export skipped: the recipe is not quantized (quant=fp32) or not qat's own "
                      "(exportable=%s)", getattr(recipe, "exportable", True))
             return
         dm = trainer.datamodule
-        if dm is None or getattr(dm, "preprocess", None) is None:
-            log.warning("export skipped: the run has no qat data module (its normalisation is needed)")
-            return
         meta = getattr(pl_module, "meta", {})
-        data = meta.get("data", {})
-        shape = (int(data.get("in_channels", dm.in_channels)),) + tuple(
-            int(s) for s in data.get("image_size", dm.image_size))
-        res = export_model(model, self.output_dir, input_shape=shape,
-                           normalization={"mean": list(dm.mean), "std": list(dm.std)}, recipe=recipe,
+        shape, norm = self.input_facts(trainer, pl_module)
+        res = export_model(model, self.output_dir, input_shape=shape, normalization=norm, recipe=recipe,
                            meta=meta, ternary_packing=self.ternary_packing, onnx=self.onnx)
         self.result = res
         metrics = {"export/size_bytes": float(res.size_bytes), "export/compression": float(res.compression)}
         if self.verify:
             fq = res_model = plain_copy(model)
-            limit = _limit(trainer, dm)
+            limit = _limit(trainer)
             program = res.program()
-            report = {"runtime": compare(fq, program, test_batches(dm, limit))}
+            batches = lambda: self._batches(trainer, limit)  # noqa: E731 - one pass per comparison
+            report = {"runtime": {**compare(fq, program, batches()), "backend": program.backend}}
             metrics.update({"export/acc": report["runtime"]["acc"],
                             "export/agreement": report["runtime"]["agreement"],
                             "export/max_logit_diff": report["runtime"]["max_abs_logit_diff"]})
@@ -90,12 +136,30 @@ class ExportCallback(pl.Callback):
                 from qat.export.onnx_export import run, session
 
                 sess = session(res.folder / ONNX)
-                report["onnx"] = compare(res_model, lambda x: run(sess, x), test_batches(dm, limit))
+                report["onnx"] = compare(res_model, lambda x: run(sess, x), batches())
                 metrics.update({"export/onnx_acc": report["onnx"]["acc"],
                                 "export/onnx_agreement": report["onnx"]["agreement"]})
             write_report(res.folder, report)
-            log.info("export verified on %d test images: agreement %.4f, runtime acc %.4f (model %.4f)",
-                     report["runtime"]["n"], report["runtime"]["agreement"], report["runtime"]["acc"],
-                     report["runtime"]["model_acc"])
+            log.info("export verified on %d test images (runtime backend %s): agreement %.4f, runtime acc "
+                     "%.4f (model %.4f)", report["runtime"]["n"], program.backend, report["runtime"]["agreement"],
+                     report["runtime"]["acc"], report["runtime"]["model_acc"])
         self.extra_metrics = metrics
+
+    @staticmethod
+    def _batches(trainer: pl.Trainer, limit: int | None):
+        """The test split as network inputs: qat's data modules preprocess uint8 batches; any other
+        test loader yields ``(input, label)`` batches as the network reads them."""
+        dm = trainer.datamodule
+        if dm is not None and getattr(dm, "preprocess", None) is not None:
+            yield from test_batches(dm, limit)
+            return
+        loaders = trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        if loader is None:
+            raise ValueError("no test data to verify the export on; run trainer.test(...) or pass verify=False")
+        for i, batch in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            x, y = batch[0], batch[1]
+            yield x.float().cpu(), y.cpu()
 

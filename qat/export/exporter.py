@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import qat
-from qat.export import summary as summary_md
+from qat.export import c as c_program, summary as summary_md
 from qat.export.errors import ExportError
 from qat.export.lower import LayerInfo, Lowering
 from qat.export.trace import trace
@@ -129,9 +129,10 @@ def export_model(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[in
         except OnnxUnsupported as err:
             log.warning("no ONNX export: %s", err)
     sizes = {k: len(v) for k, v in files.items()}
-    files[SUMMARY] = summary_md.render(
+    files[SUMMARY] = (summary_md.render(
         f"{config.get('model', {}).get('_target_', type(model).__name__)}", recipe_info.get("name", "?"),
-        lowered["layers"], tensors, sizes, fp32, size).encode()
+        lowered["layers"], tensors, sizes, fp32, size, lowered["ops"])
+        + c_program.footprint_markdown(manifest, tensors)).encode()
     folder = write_folder(out_dir, files)
     if ONNX in files:
         onnx_path = folder / ONNX

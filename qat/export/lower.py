@@ -12,8 +12,9 @@ exact integer accumulator are followed by one of:
   fixed-point ``M = M0 2^-n`` and an int32 bias ``b`` (Jacob et al. 2018, section 2.2);
 * ``dequantize`` — otherwise (the value feeds a float op, e.g. a residual add): ``acc * scale + bias``.
 
-Operations the model computes in float (BatchNorm that does not fold, adds, pooling of float values)
-stay float ops with the model's parameters.
+Operations the model computes in float (BatchNorm that does not fold, activations such as SiLU, adds,
+products, pooling of float values) stay float ops with the model's parameters, and every op that
+needs float arithmetic is marked ``"float": true`` (``runs_in_float``; listed in summary.md).
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ from qat.export.trace import Node
 from qat.export.weights import encode, weight_codebook
 from qat.runtime import quantize as RQ
 from qat.runtime.fixedpoint import quantize_multiplier
-from qat.runtime.ops import FLOAT_POINTWISE, POINTWISE_TENSORS
+from qat.runtime.pointwise import CLAMPS, TENSORS as POINTWISE_TENSORS
 
 OUTPUT = "<output>"
 STRUCTURAL = ("maxpool2d", "flatten")
-POINTWISE = FLOAT_POINTWISE
+#: pointwise ops a threshold / requantization chain may hold: BatchNorm, the clamps, and the bnn
+#: options' per-channel blocks (``scale``, ``shift``, ``rprelu``; these fold into thresholds only)
+POINTWISE = ("batchnorm",) + CLAMPS + ("scale", "shift", "rprelu")
+MOVES = ("flatten", "reshape", "permute", "concat", "slice", "pad")  # data movement, no arithmetic
 ACC_LIMIT = 1 << 30  # |acc| and |bias| bound for requantization in int64 (see fixedpoint)
 BIAS_FRAC_BITS = 16  # most fractional bits a requantization bias keeps below the accumulator's unit
 
@@ -68,6 +72,14 @@ class LayerInfo:
         if self.weight_bits <= 8 and self.input_bits <= 8:
             return "8-bit"
         return "other"
+
+
+def runs_in_float(op: dict, values: dict) -> bool:
+    """Whether an op needs float arithmetic: it reads or writes a float32 value and is more than data
+    movement (quantize and dequantize too, which convert between float and integers)."""
+    if op["op"] in MOVES:
+        return False
+    return any(values[v]["dtype"] == "float32" for v in op["inputs"] + op["outputs"] if v in values)
 
 
 def _key(spec: dict) -> str:
@@ -195,6 +207,9 @@ class Lowering:
             else:
                 self.lower_float(node)
         out = self.need_float(self.output_name)
+        for op in self.ops:
+            if runs_in_float(op, self.values):
+                op["float"] = True
         return {"ops": self.ops, "values": self.values, "tensors": self.tensors, "output": out,
                 "layers": self.layers}
 
@@ -216,14 +231,13 @@ class Lowering:
         conv = isinstance(m, nn.Conv2d)
         spec, book = self.in_spec(node)
         codes, effective, bias = weight_codes(m, who)
-        groups = int(m.groups) if conv else 1
         dynamic = spec is not None and spec.get("range") == "dynamic"
 
         w_int = codes is not None and codes.kind in INTEGER_KINDS
         if spec is None or dynamic:
             compute = ("signed_sum" if not dynamic and codes is not None and
                        codes.kind in ("sign", "binary", "ternary") else "float")
-        elif spec["kind"] in ("sign", "affine", "linear") and w_int and groups == 1:
+        elif spec["kind"] in ("sign", "affine", "linear") and w_int:
             compute = "xnor_popcount" if spec["kind"] == "sign" and codes.kind in ("sign", "binary") else "int"
         else:
             compute = "float"
@@ -257,7 +271,7 @@ class Lowering:
         if conv:
             op.update({"in_channels": int(m.in_channels), "out_channels": int(m.out_channels),
                        "kernel_size": list(m.kernel_size), "stride": list(m.stride),
-                       "padding": list(m.padding), "dilation": list(m.dilation), "groups": groups})
+                       "padding": list(m.padding), "dilation": list(m.dilation), "groups": int(m.groups)})
         else:
             op.update({"in_features": int(m.in_features), "out_features": int(m.out_features)})
         op.update({"input": in_field, "weight": wspec, "compute": compute})

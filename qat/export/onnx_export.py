@@ -133,6 +133,21 @@ def to_onnx(model: nn.Module, nodes: list[Node], input_name: str, output_name: s
                 count_include_pad=int(a["count_include_pad"]))
         elif n.op == "global_avgpool":
             add("GlobalAveragePool", [n.inputs[0]], out)
+        elif n.op in ("sigmoid", "hardswish"):
+            add({"sigmoid": "Sigmoid", "hardswish": "HardSwish"}[n.op], [n.inputs[0]], out)
+        elif n.op == "hardsigmoid":  # torch's relu6(x + 3) / 6
+            add("HardSigmoid", [n.inputs[0]], out, alpha=1.0 / 6.0, beta=0.5)
+        elif n.op == "silu":
+            add("Mul", [n.inputs[0], add("Sigmoid", [n.inputs[0]])], out)
+        elif n.op == "mul":
+            add("Mul", list(n.inputs), out)
+        elif n.op == "concat":
+            add("Concat", list(n.inputs), out, axis=int(n.attrs["dim"]))
+        elif n.op == "reshape":
+            add("Reshape", [n.inputs[0], const(f"{out}.shape", np.array([-1] + n.attrs["shape"][1:], np.int64))],
+                out)
+        elif n.op == "permute":
+            add("Transpose", [n.inputs[0]], out, perm=list(n.attrs["dims"]))
         elif n.op == "flatten":
             if n.attrs["start_dim"] != 1 or len(n.shape) != 2:
                 raise OnnxUnsupported(f"'{mod}': only flatten(start_dim=1) to [N, features] has an ONNX form")

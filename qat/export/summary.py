@@ -39,8 +39,21 @@ def layer_bytes(layers: list[LayerInfo], tensors: dict) -> tuple[dict[str, int],
     return per, rest
 
 
+def float_ops(ops: list[dict]) -> list[str]:
+    """Rows of the table of ops marked ``float`` in the manifest: op kind, count, names."""
+    by_kind: dict[str, list[str]] = {}
+    for op in ops:
+        if op.get("float"):
+            by_kind.setdefault(op["op"], []).append(op["name"])
+    rows = ["| op | count | names |", "| --- | ---: | --- |"]
+    for kind, names in sorted(by_kind.items()):
+        shown = ", ".join(f"`{n}`" for n in names[:6]) + (f", ... ({len(names) - 6} more)" if len(names) > 6 else "")
+        rows.append(f"| {kind} | {len(names)} | {shown} |")
+    return rows if by_kind else ["None: every op runs on integers."]
+
+
 def render(title: str, recipe: str, layers: list[LayerInfo], tensors: dict, files: dict[str, int],
-           fp32_bytes: int, export_bytes: int) -> str:
+           fp32_bytes: int, export_bytes: int, ops: list[dict] = ()) -> str:
     per, rest = layer_bytes(layers, tensors)
     lines = [f"# Export summary: {title}", "", f"Recipe: `{recipe}`", "",
              "| layer | op | compute | weights | w bits | in bits | params | bytes | fp32 bytes | MACs | MAC class |",
@@ -69,6 +82,10 @@ def render(title: str, recipe: str, layers: list[LayerInfo], tensors: dict, file
     for c in CLASSES:
         if macs[c]:
             lines.append(f"| {c} MACs | {_fmt(macs[c])} ({100 * macs[c] / total_macs:.1f}%) |")
+    lines += ["", "## Ops kept in float", "",
+              "Ops marked `\"float\": true` in the manifest: they read or write float32 values (quantize "
+              "and dequantize convert between float and integers; layers with compute `float` or "
+              "`signed_sum` take float inputs).", ""] + float_ops(list(ops))
     lines += ["", "## Files", "", "| file | bytes |", "| --- | ---: |"]
     lines += [f"| `{name}` | {_fmt(size)} |" for name, size in sorted(files.items())]
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from qat.export.errors import ExportError
-from qat.runtime.ops import pointwise
+from qat.runtime.pointwise import pointwise
 
 INT_ALWAYS, INT_NEVER = -(1 << 31), (1 << 31) - 1
 _FMAX = float(np.finfo(np.float32).max)

@@ -44,6 +44,7 @@ def write_folder(out_dir: str | Path, files: dict[str, bytes]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # names may hold subfolders
             with open(tmp / name, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -17,7 +17,7 @@ from torch import nn
 
 from qat.quant.layers import QuantConvBn2d
 from qat.quant.quantizers import AffineQuant
-from qat.quant.recipe import QuantRecipe
+from qat.quant.recipe import QuantRecipe, check_started, check_total_steps
 
 
 def check_when(value, what: str):
@@ -31,6 +31,13 @@ def check_when(value, what: str):
     if isinstance(value, int) and value < 0:
         raise ValueError(f"{what} must be >= 0 steps, got {value}")
     return value
+
+
+def fractions_of_training(**points) -> str | None:
+    """Why a schedule needs the run's length (its points given as fractions), or None."""
+    fractions = [f"{k}={v}" for k, v in points.items() if isinstance(v, float)]
+    return f"{', '.join(fractions)} {'is a fraction' if len(fractions) == 1 else 'are fractions'} of training" \
+        if fractions else None
 
 
 def steps_at(value, total_steps: int) -> int | None:
@@ -67,13 +74,16 @@ class QATUint8(QuantRecipe):
         self._apply(model, 0)
         return model
 
-    def on_train_start(self, model, trainer) -> None:
-        total = max(1, int(getattr(trainer, "estimated_stepping_batches", 1) or 1))
+    def on_train_start(self, model, total_steps=None, step: int = 0) -> None:
+        total = check_total_steps(self, total_steps, fractions_of_training(
+            quant_delay=self.quant_delay, freeze_bn=self.freeze_bn, freeze_observers=self.freeze_observers))
         self._steps = {"quant": steps_at(self.quant_delay, total), "bn": steps_at(self.freeze_bn, total),
                        "obs": steps_at(self.freeze_observers, total)}
-        self._apply(model, int(trainer.global_step))
+        self._started = True
+        self._apply(model, int(step))
 
     def after_optimizer_step(self, model, step: int) -> None:
+        check_started(self)
         self._apply(model, step)
 
     def _apply(self, model, step: int) -> None:

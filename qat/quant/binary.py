@@ -72,7 +72,11 @@ class BNN(QuantRecipe):
         if self.logit_bn and self.last != "fp32":
             name, last = self.layers(model)[-1]
             if isinstance(last, QuantLinear) and isinstance(last.weight_quant, SignQuant):
-                model.set_submodule(name, nn.Sequential(last, nn.BatchNorm1d(last.out_features)))
+                head = nn.Sequential(last, nn.BatchNorm1d(last.out_features))
+                if not name:  # the model is the classifier itself
+                    model = head
+                else:
+                    model.set_submodule(name, head)
         if self.bireal_shortcut:
             blocks.add_bireal_shortcuts(model, [n for n, m in self.layers(model) if _binary_input(m)])
         if self.rprelu:
@@ -104,8 +108,9 @@ class BNN(QuantRecipe):
                 if isinstance(m, blocks.ChannelScale):
                     m.clamp_positive()
 
-    def on_train_start(self, model, trainer) -> None:
-        self.after_optimizer_step(model, 0)
+    def on_train_start(self, model, total_steps=None, step: int = 0) -> None:
+        super().on_train_start(model, total_steps, step)
+        self.after_optimizer_step(model, step)
 
     def describe(self) -> dict:
         return {**super().describe(), "stochastic": self.stochastic, "latent_clip": self.latent_clip,

@@ -3,6 +3,10 @@
 With identity quantizers they compute exactly what the torch layers compute (the identity returns
 its input object, so not even a copy is made). ``QuantConvBn2d`` adds BatchNorm folding for the
 affine uint8 recipe (Jacob et al. 2018, section 3.2).
+
+Mixed precision (``trainer.precision=bf16-mixed``): the quantizers run with autocast disabled, on
+float32 (:func:`float32_quant`), so scales, thresholds, observer ranges and codes are what float32
+training computes; only the convolution / matrix product that follows runs in bfloat16.
 """
 
 from __future__ import annotations
@@ -10,6 +14,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def float32_quant(quant: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``quant(x)`` in float32 with autocast disabled (a no-op wrapper outside autocast)."""
+    dev = x.device.type
+    if not torch.is_autocast_enabled(dev):
+        return quant(x)
+    with torch.autocast(dev, enabled=False):
+        return quant(x.float())
 
 
 def _identity() -> nn.Module:
@@ -30,7 +43,17 @@ class QuantMixin:
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight the forward pass uses (fake-quantized, in float)."""
-        return self.weight_quant(self.weight)
+        return float32_quant(self.weight_quant, self.weight)
+
+    def bias_after(self) -> bool:
+        """Add the bias after the product, not inside torch's kernel, when the input is quantized.
+
+        Products of quantized inputs and weights sum exactly (the deployed integer accumulator) and the
+        export adds the bias to that sum once; torch's fused kernels may start from the bias and round
+        at every step (a bias of 1e-9 then vanishes, and a following sign can flip)."""
+        from qat.quant.quantizers import Identity
+
+        return self.bias is not None and not isinstance(self.input_quant, Identity)
 
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
@@ -49,7 +72,10 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+        x, w = float32_quant(self.input_quant, x), self.quantized_weight()
+        if self.bias_after():
+            return self._conv_forward(x, w, None) + self.bias.reshape(1, -1, 1, 1)
+        return self._conv_forward(x, w, self.bias)
 
 
 class QuantLinear(QuantMixin, nn.Linear):
@@ -67,7 +93,10 @@ class QuantLinear(QuantMixin, nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+        x, w = float32_quant(self.input_quant, x), self.quantized_weight()
+        if self.bias_after():
+            return F.linear(x, w) + self.bias
+        return F.linear(x, w, self.bias)
 
 
 class QuantConvBn2d(QuantConv2d):
@@ -112,19 +141,19 @@ class QuantConvBn2d(QuantConv2d):
         return w, b
 
     def quantized_weight(self) -> torch.Tensor:
-        return self.weight_quant(self.folded_weight_and_bias()[0])
+        return float32_quant(self.weight_quant, self.folded_weight_and_bias()[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_quant(x)
+        x = float32_quant(self.input_quant, x)
         if self.training and not bool(self.bn_frozen):
             # gamma / sigma is a constant for autograd: under the straight-through estimator its two
             # occurrences (fold, unfold) cancel, so gamma learns through the BatchNorm as in float
             # training, and the backward pass skips two full passes over the activations.
             scale = self._fold_scale().detach()
-            w_q = self.weight_quant(self.weight * scale.reshape(-1, 1, 1, 1))
+            w_q = float32_quant(self.weight_quant, self.weight * scale.reshape(-1, 1, 1, 1))
             y = self._conv_forward(x, w_q, None) * scale.reciprocal().reshape(1, -1, 1, 1)
             if self.bias is not None:
                 y = y + self.bias.reshape(1, -1, 1, 1)
             return self.bn(y)
         w, b = self.folded_weight_and_bias()
-        return self._conv_forward(x, self.weight_quant(w), b)
+        return self._conv_forward(x, float32_quant(self.weight_quant, w), b)

@@ -61,6 +61,10 @@ class Quantizer(nn.Module):
         broadcasts all bump the version, so the cache cannot go stale.
         """
         t = getattr(self, name)
+        if torch.compiler.is_compiling():
+            # One graph break per read under torch.compile (listed in BENCHMARKS.md); the cache
+            # below would make dynamo guard on each buffer's id and recompile once per quantizer.
+            return int(t.item())
         if t.is_inference():  # made under torch.inference_mode (e.g. a test-time load): no version counter
             return int(t.item())
         key = (id(t), t.data_ptr(), t._version)

@@ -1,10 +1,17 @@
 """Recipes: how a model is quantized and which hooks run during training.
 
-A recipe is built from a Hydra config in ``configs/quant/``. It validates its values at
-construction (a bad value raises ``ValueError`` saying what to change), swaps layers once when the
-model is built (``prepare``), and its hooks run from the Lightning module at fixed points of every
-step: ``penalty`` is added to the loss, ``after_optimizer_step`` runs after each optimizer step,
-``finalize`` brings weights to their deployed form before test and export.
+A recipe is built from a Hydra config in ``configs/quant/`` or in Python (``qat.recipe("bnn")``). It
+validates its values at construction (a bad value raises ``ValueError`` saying what to change), swaps
+layers once when the model is built (``prepare``), and its hooks run at fixed points of training,
+from qat's Lightning module, from ``qat.QATCallback`` in any LightningModule, or from a plain loop:
+
+    recipe.on_train_start(model, total_steps=N)        # once, before the first step
+    loss = criterion(model(x), y) + (recipe.penalty(model) or 0)
+    loss.backward(); optimizer.step()
+    recipe.after_optimizer_step(model, step)           # step = optimizer steps taken: 1, 2, ..., N
+    recipe.finalize(model)                             # before test and export
+
+None of them needs a Lightning object.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ class Recipe:
 
     name = "fp32"
     quantized = False
+    # Trains under trainer.precision=bf16-mixed / 16-mixed (qat's layers run their quantizers in float32).
+    mixed_precision = True
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Return the model with its layers swapped for quantized ones (in place)."""
@@ -31,11 +40,17 @@ class Recipe:
         """A term added to the training loss (ADMM's augmented Lagrangian), or None."""
         return None
 
-    def on_train_start(self, model: nn.Module, trainer) -> None:
-        pass
+    def on_train_start(self, model: nn.Module, total_steps: int | None = None, step: int = 0) -> None:
+        """Once before training: ``total_steps`` is the number of optimizer steps of the whole run
+        (schedules given as fractions of training need it; a recipe that does raises when it is
+        missing), ``step`` the optimizer steps already taken (0, or the step a resumed run starts at)."""
+        check_total_steps(self, total_steps, None)
+        self._started = True
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
-        """``step`` is the number of optimizer steps taken so far (Lightning's global_step)."""
+        """After every optimizer step. ``step`` is the number of optimizer steps taken so far,
+        counting the one that just finished: 1 after the first step, ``total_steps`` after the last
+        (Lightning's ``trainer.global_step`` once the step is done)."""
 
     def finalize(self, model: nn.Module) -> None:
         """Bring the weights to their deployed form before test and export (ADMM: W <- G).
@@ -43,6 +58,30 @@ class Recipe:
 
     def describe(self) -> dict:
         return {"name": self.name}
+
+
+def check_total_steps(recipe: Recipe, total_steps, why: str | None) -> int | None:
+    """``total_steps`` as a positive int; None is an error when the recipe needs it (``why`` says for what)."""
+    if total_steps is not None and hasattr(total_steps, "estimated_stepping_batches"):
+        raise TypeError(f"{recipe.name}.on_train_start takes no trainer: pass "
+                        f"on_train_start(model, total_steps=trainer.estimated_stepping_batches, step=trainer.global_step)")
+    if total_steps is not None:
+        if isinstance(total_steps, float) and total_steps.is_integer():
+            total_steps = int(total_steps)
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"{recipe.name}: total_steps must be a positive number of optimizer steps, got "
+                             f"{total_steps!r} (under Lightning, an unknown run length: set trainer.max_steps)")
+    elif why is not None:
+        raise ValueError(f"{recipe.name} needs the run's length: {why}. Pass on_train_start(model, total_steps=N), "
+                         f"N the number of optimizer steps of the whole run")
+    return total_steps
+
+
+def check_started(recipe: Recipe) -> None:
+    """Scheduled recipes cannot guess: ``after_optimizer_step`` before ``on_train_start`` is an error."""
+    if not getattr(recipe, "_started", False):
+        raise RuntimeError(f"{recipe.name}: after_optimizer_step ran before on_train_start; call "
+                           f"recipe.on_train_start(model, total_steps=N) once before the first step")
 
 
 class FP32(Recipe):
@@ -73,17 +112,19 @@ class QuantRecipe(Recipe):
     """A recipe that swaps layers with ``qat.quant.prepare``.
 
     Subclasses define ``weight_quantizer(layer)`` and ``input_quantizer(layer)``; ``first``, ``last``
-    and ``overrides`` choose per-layer policies (see ``qat.quant.prepare``).
+    and ``overrides`` choose per-layer policies (see ``qat.quant.prepare``); ``strict`` makes a
+    convolution or linear layer that prepare cannot quantize an error instead of a warning.
     """
 
     quantized = True
     fold_bn = False
-    activation = None  # factory replacing every nn.ReLU, or None
+    activation = None  # factory replacing every activation module that may feed a sign, or None
     default_first = "quant"
     default_last = "quant"
 
     def __init__(self, first: str | None = None, last: str | None = None,
-                 overrides: Mapping[str, str] | None = None):
+                 overrides: Mapping[str, str] | None = None, strict: bool = False):
+        self.strict = bool(strict)  # prepare: a conv/linear layer it cannot quantize is an error, not a warning
         self.first = check_policy(first if first is not None else self.default_first, "first")
         self.last = check_policy(last if last is not None else self.default_last, "last")
         self.overrides = {str(k): check_policy(str(v), f"overrides['{k}']") for k, v in dict(overrides or {}).items()}

@@ -19,7 +19,7 @@ from torch import nn
 
 from qat.quant.functional import ternary_projection
 from qat.quant.quantizers import Codes, Identity, TernaryQuant
-from qat.quant.recipe import QuantRecipe, check_positive
+from qat.quant.recipe import QuantRecipe, check_positive, check_started, check_total_steps
 
 
 class ADMMTernaryWeight(nn.Module):
@@ -114,9 +114,11 @@ class ADMMTernary(QuantRecipe):
         return [(n, l) for n, l in self.layers(model) if isinstance(l.weight_quant, ADMMTernaryWeight)]
 
     @torch.no_grad()
-    def on_train_start(self, model, trainer) -> None:
+    def on_train_start(self, model, total_steps=None, step: int = 0) -> None:
+        total = check_total_steps(self, total_steps, None if self.rho_growth is not None else
+                                  "rho_growth=null grows rho from rho to rho_max over the whole run")
+        self._started = True
         if self.rho_growth is None:
-            total = max(1, int(getattr(trainer, "estimated_stepping_batches", 1) or 1))
             n_updates = max(1, total // self.update_every)
             self._growth = (self.rho_max / self.rho) ** (1.0 / n_updates)
         for _, layer in self._admm_layers(model):
@@ -136,6 +138,7 @@ class ADMMTernary(QuantRecipe):
 
     @torch.no_grad()
     def after_optimizer_step(self, model, step: int) -> None:
+        check_started(self)
         if step % self.update_every:
             return
         for _, layer in self._admm_layers(model):

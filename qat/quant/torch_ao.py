@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qat.quant.affine import check_when, steps_at
-from qat.quant.recipe import Recipe
+from qat.quant.affine import check_when, fractions_of_training, steps_at
+from qat.quant.recipe import Recipe, check_started, check_total_steps
 
 
 def fusion_groups(model: nn.Module) -> list[list[str]]:
@@ -40,6 +40,8 @@ class TorchAOQAT(Recipe):
     name = "torch_ao_qat"
     quantized = True
     exportable = False
+    # torch.ao's FakeQuantize kernels take float32 only ("expected scalar type Float but found BFloat16").
+    mixed_precision = False
 
     def __init__(self, backend: str = "fbgemm", freeze_bn=0.9, freeze_observers=0.95):
         if backend not in ("fbgemm", "x86", "qnnpack"):
@@ -60,12 +62,15 @@ class TorchAOQAT(Recipe):
         model.qconfig = tq.get_default_qat_qconfig(self.backend)
         return tq.prepare_qat(model)
 
-    def on_train_start(self, model, trainer) -> None:
-        total = max(1, int(getattr(trainer, "estimated_stepping_batches", 1) or 1))
+    def on_train_start(self, model, total_steps=None, step: int = 0) -> None:
+        total = check_total_steps(self, total_steps, fractions_of_training(
+            freeze_bn=self.freeze_bn, freeze_observers=self.freeze_observers))
         self._steps = {"bn": steps_at(self.freeze_bn, total), "obs": steps_at(self.freeze_observers, total)}
-        self.after_optimizer_step(model, int(trainer.global_step))
+        self._started = True
+        self.after_optimizer_step(model, int(step))
 
     def after_optimizer_step(self, model, step: int) -> None:
+        check_started(self)
         # torch.ao keeps these switches in plain attributes, not buffers: on_train_start re-applies
         # them after a resume.
         import torch.ao.nn.intrinsic.qat as nniqat

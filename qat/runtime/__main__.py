@@ -50,18 +50,22 @@ def evaluate(program: Program, dm, batch_size: int | None = None, limit: int | N
     got = [dm.in_channels, *dm.image_size]
     if list(want) != list(got):
         raise ValueError(f"the export takes {want} inputs but the data are {got}")
-    images, labels = dm.test_set.images, dm.test_set.labels
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    bs = batch_size or dm.eval_batch_size
-    correct, seconds = 0, 0.0
-    for s in range(0, images.shape[0], bs):
-        x = program.preprocess(images[s:s + bs])
+    if batch_size:
+        dm.eval_batch_size = int(batch_size)
+    correct = n = 0
+    seconds = 0.0
+    # The data module's test loader: in-memory tensors or files decoded per batch (data.in_memory=false).
+    for images, labels in dm.test_dataloader():
+        if limit is not None and n >= limit:
+            break
+        if limit is not None:
+            images, labels = images[:limit - n], labels[:limit - n]
+        x = program.preprocess(images)
         t0 = time.perf_counter()
         pred = program(x).argmax(1)
         seconds += time.perf_counter() - t0
-        correct += int((pred == labels[s:s + bs]).sum())
-    n = int(images.shape[0])
+        correct += int((pred == labels).sum())
+        n += int(labels.numel())
     return {"n": n, "acc": correct / n, "images_per_s": n / seconds}
 
 
@@ -72,16 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="data=<group>, data.key=value")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="evaluate the first N test images only")
+    ap.add_argument("--backend", default=None, choices=["native-avx2", "native-scalar", "reference"],
+                    help="default: QAT_RUNTIME, else the native kernels when built")
     args = ap.parse_args(argv)
     try:
-        program = Program.load(args.export_dir)
+        program = Program.load(args.export_dir, args.backend)
         dm = datamodule(program.manifest, args.overrides)
         res = evaluate(program, dm, args.batch_size, args.limit)
     except (FormatError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    res["backend"] = program.backend
     print(f"accuracy {res['acc']:.4f} on {res['n']} test images ({res['images_per_s']:.0f} images/s, "
-          f"{torch.get_num_threads()} threads)")
+          f"{torch.get_num_threads()} threads, backend {program.backend})")
     print(json.dumps(res))
     return 0
 

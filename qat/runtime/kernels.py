@@ -104,30 +104,39 @@ def words64_from_file(buf: np.ndarray, rows: int, k_pad32: int) -> np.ndarray:
 
 
 def _popcount_xor_block(a: np.ndarray, wt: np.ndarray, out: np.ndarray) -> None:
-    at = np.ascontiguousarray(a.T)  # [kw, m]
-    tmp = np.empty((a.shape[0], wt.shape[1]), dtype=np.uint64)
-    pc = np.empty(tmp.shape, dtype=np.uint8)
-    for k in range(at.shape[0]):  # one word column at a time: long vectorised loops, no 3-d temporary
-        np.bitwise_xor(at[k][:, None], wt[k][None, :], out=tmp)
+    """``a`` ``[G, m, W]``, ``wt`` ``[G, W, O]`` -> ``out[g] += popcount(a[g] XOR w[g])`` ``[G, m, O]``."""
+    at = np.ascontiguousarray(a.transpose(2, 0, 1))  # [W, G, m]
+    tmp = np.empty(out.shape, dtype=np.uint64)
+    pc = np.empty(out.shape, dtype=np.uint8)
+    for k in range(at.shape[0]):  # one word column at a time: long vectorised loops, no 4-d temporary
+        np.bitwise_xor(at[k][:, :, None], wt[:, k][:, None, :], out=tmp)
         popcount_u64(tmp, pc)
         np.add(out, pc, out=out)
 
 
 def popcount_xor(a: np.ndarray, w: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
-    """``out[m, o] = sum_k popcount(a[m, k] XOR w[o, k])`` for uint64 word rows, int32.
+    """``out[m, o] = sum_k popcount(a[m, k] XOR w[o, k])`` for uint64 word rows, int32; with a leading
+    group dimension (``a [G, M, W]``, ``w [G, O, W]``) each group separately: ``out [G, M, O]``.
 
     Row blocks run on ``torch.get_num_threads()`` threads (numpy releases the GIL in its loops)."""
-    m = a.shape[0]
-    out = np.zeros((m, w.shape[0]), dtype=np.int32)
-    wt = np.ascontiguousarray(w.T)  # [kw, O]
+    grouped = a.ndim == 3
+    a3, w3 = (a, w) if grouped else (a[None], w[None])
+    m = a3.shape[1]
+    out = np.zeros((a3.shape[0], m, w3.shape[1]), dtype=np.int32)
+    wt = np.ascontiguousarray(w3.transpose(0, 2, 1))  # [G, W, O]
+    chunk = max(1, chunk // a3.shape[0])
     starts = range(0, m, chunk)
     threads = min(torch.get_num_threads(), len(starts))
+
+    def block(s):
+        _popcount_xor_block(a3[:, s:s + chunk], wt, out[:, s:s + chunk])
+
     if threads <= 1:
         for s in starts:
-            _popcount_xor_block(a[s:s + chunk], wt, out[s:s + chunk])
+            block(s)
     else:
-        list(_pool(threads).map(lambda s: _popcount_xor_block(a[s:s + chunk], wt, out[s:s + chunk]), starts))
-    return out
+        list(_pool(threads).map(block, starts))
+    return out if grouped else out[0]
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -137,6 +146,15 @@ def _pool(n: int) -> ThreadPoolExecutor:
     if n not in _POOLS:
         _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="qat-runtime")
     return _POOLS[n]
+
+
+def group_rows(rows: torch.Tensor, groups: int, in_channels: int) -> torch.Tensor:
+    """im2col rows ``[M, kk * C]`` ((kh, kw, c) order) -> ``[G, M, kk * C / G]``: each group's
+    channels, in the same order (the ``OHWI`` reduction of a grouped convolution's weight rows)."""
+    if groups == 1:
+        return rows[None]
+    m = rows.shape[0]
+    return rows.reshape(m, -1, groups, in_channels // groups).permute(2, 0, 1, 3).reshape(groups, m, -1)
 
 
 class BinaryMatmul:
@@ -154,14 +172,24 @@ class BinaryMatmul:
 
 
 class BinaryConv2d(BinaryMatmul):
-    """XNOR-popcount convolution with exact zero padding (see the module docstring)."""
+    """XNOR-popcount convolution with exact zero padding (see the module docstring); a grouped
+    convolution (depthwise too) is ``groups`` such products, each over its own channels."""
 
-    def __init__(self, words, in_channels, kernel, stride, padding, dilation):
+    def __init__(self, words, in_channels, kernel, stride, padding, dilation, groups: int = 1):
         kh, kw = _pair(kernel)
-        super().__init__(words, kh * kw * in_channels)
+        super().__init__(words, kh * kw * in_channels // groups)
         self.geom = (kernel, stride, padding, dilation)
         self.in_channels = in_channels
+        self.groups = groups
+        o = words.shape[0]
+        self.gwords = words.reshape(groups, o // groups, self.words64)  # [G, O/G, W]
         self._tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _packed_groups(self, rows: torch.Tensor) -> np.ndarray:
+        """bool im2col rows ``[M, kk * C]`` -> packed words per group ``[G, M, W]``."""
+        g = group_rows(rows, self.groups, self.in_channels)
+        packed = pack_rows(g.reshape(-1, g.shape[-1]).numpy(), self.words64)
+        return packed.reshape(self.groups, g.shape[1], self.words64)
 
     def _padding_tables(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """``(n_valid [L, 1], pad_disagree [L, O])`` for an ``h x w`` input, cached."""
@@ -169,23 +197,24 @@ class BinaryConv2d(BinaryMatmul):
         if key not in self._tables:
             ones = torch.ones(1, self.in_channels, h, w, dtype=torch.uint8)
             valid, _, _ = im2col(ones, *self.geom, pad_value=0)
-            valid = valid.numpy().astype(bool)
-            n_valid = valid.sum(axis=1, keepdims=True).astype(np.int32)
-            invalid = pack_rows(~valid, self.words64)
+            valid = valid.bool()
+            invalid = self._packed_groups(~valid)   # [G, L, W]; the same in every group
+            n_valid = valid.numpy().sum(axis=1, keepdims=True).astype(np.int32) // self.groups
             # popcount(w AND invalid) = (popcount(w) + popcount(invalid) - popcount(w XOR invalid)) / 2
-            pc_w = popcount_u64(self.words, np.empty(self.words.shape, np.uint8)).sum(axis=1).astype(np.int32)
-            pc_i = popcount_u64(invalid, np.empty(invalid.shape, np.uint8)).sum(
-                axis=1, keepdims=True).astype(np.int32)
-            pad_dis = (pc_w[None, :] + pc_i - popcount_xor(invalid, self.words)) // 2
-            self._tables[key] = (n_valid, pad_dis.astype(np.int32))
+            pc_w = popcount_u64(self.gwords, np.empty(self.gwords.shape, np.uint8)).sum(axis=2).astype(np.int32)
+            pc_i = popcount_u64(invalid, np.empty(invalid.shape, np.uint8)).sum(axis=2, keepdims=True).astype(
+                np.int32)
+            pad_dis = (pc_w[:, None, :] + pc_i - popcount_xor(invalid, self.gwords)) // 2  # [G, L, O/G]
+            l = pad_dis.shape[1]
+            self._tables[key] = (n_valid, pad_dis.transpose(1, 0, 2).reshape(l, -1).astype(np.int32))
         return self._tables[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ±1 codes NCHW -> int32 accumulators NCHW."""
         n, _, h, w = x.shape
         rows, ho, wo = im2col(x > 0, *self.geom, pad_value=False)
-        a = pack_rows(rows.numpy(), self.words64)
-        dis = popcount_xor(a, self.words)  # [N*L, O]
+        dis = popcount_xor(self._packed_groups(rows), self.gwords)  # [G, N*L, O/G]
+        dis = dis.transpose(1, 0, 2).reshape(rows.shape[0], -1)     # [N*L, O], o = g O/G + j
         n_valid, pad_dis = self._padding_tables(h, w)
         l = ho * wo
         dis = dis.reshape(n, l, -1)
@@ -254,3 +283,25 @@ class IntMatmul:
                 acc = acc - rowsum * self.sw[None, :]
             return acc + self.const[None, :] if self.sx else acc
         return (rows @ self.w64).to(torch.int32)
+
+
+class GroupedIntMatmul:
+    """:class:`IntMatmul` for a grouped convolution (depthwise too): ``groups`` exact int64 products
+    in one batched matmul, each group's rows against its own output channels."""
+
+    def __init__(self, w_codes: np.ndarray, w_zero: np.ndarray, x_zero: int, groups: int, in_channels: int):
+        o, k = w_codes.shape
+        self.groups, self.in_channels, self.x_zero = groups, in_channels, int(x_zero)
+        w = torch.from_numpy(w_codes - w_zero[:, None]).to(torch.int64)       # [O, K/G... per group]
+        self.w = w.reshape(groups, o // groups, k).transpose(1, 2).contiguous()  # [G, K_g, O/G]
+
+    def pad_value(self) -> int:
+        return 0
+
+    def prepare(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes.to(torch.int64) - self.x_zero
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        """Prepared im2col rows ``[M, kk * C]`` -> int32 ``[M, O]`` (``o = g O/G + j``)."""
+        out = torch.bmm(group_rows(rows, self.groups, self.in_channels), self.w)  # [G, M, O/G]
+        return out.transpose(0, 1).reshape(rows.shape[0], -1).to(torch.int32)

@@ -3,6 +3,10 @@
 Values are NCHW (or NC) torch tensors: float32 activations, int32 accumulators, or integer codes.
 Float operations are torch's own functions with the model's parameters, so where the manifest keeps
 a value in float the runtime computes it exactly as the trained model did.
+
+This module holds the layers and the integer ops (quantize, dequantize, threshold, requantize);
+every other op family has a module of its own (``pointwise``, ``pooling``, ``shape_ops``,
+``elementwise``) with its fields and its kernel side by side, merged into ``OPS`` here.
 """
 
 from __future__ import annotations
@@ -11,82 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qat.runtime import kernels, packing, quantize as Q
+from qat.runtime import elementwise, kernels, packing, pointwise, pooling, quantize as Q, shape_ops
 from qat.runtime.errors import FormatError
-
-FLOAT_POINTWISE = ("batchnorm", "relu", "hardtanh", "scale", "shift", "rprelu")
-#: per-channel float32 tensors of each pointwise op (manifest field = tensor name = the model
-#: module's attribute): the better-binary-network blocks of ``qat.quant.binary_blocks`` and BatchNorm
-POINTWISE_TENSORS = {"batchnorm": ("weight", "bias", "running_mean", "running_var"), "scale": ("scale",),
-                     "shift": ("shift",), "rprelu": ("bias_in", "slope", "bias_out")}
-
-
-def _t(tensors: dict, name: str | None, what: str, dtype=None, shape=None) -> torch.Tensor | None:
-    if name is None:
-        return None
-    if name not in tensors:
-        raise FormatError(f"{what}: tensor '{name}' is not in tensors.safetensors")
-    arr = tensors[name]
-    if dtype is not None and arr.dtype != np.dtype(dtype):
-        raise FormatError(f"{what}: tensor '{name}' has dtype {arr.dtype}, expected {np.dtype(dtype)}")
-    if shape is not None and tuple(arr.shape) != tuple(shape):
-        raise FormatError(f"{what}: tensor '{name}' has shape {list(arr.shape)}, expected {list(shape)}")
-    return torch.from_numpy(np.array(arr))
-
-
-def _channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Per-channel vector broadcast along dim 1 of an ndim tensor."""
-    return v.reshape([1, -1] + [1] * (ndim - 2))
-
-
-def pointwise(op: dict, params: dict, x: torch.Tensor) -> torch.Tensor:
-    """Float pointwise ops with the model's own torch arithmetic (bit for bit):
-
-    * ``batchnorm`` (eval), ``relu``, ``hardtanh``;
-    * ``scale``: ``x * scale[c]`` (``ChannelScale``); ``shift``: ``x + shift[c]`` (``ChannelShift``);
-    * ``rprelu``: ``prelu(x + bias_in[c], slope[c]) + bias_out[c]`` (``RPReLU``).
-    """
-    kind = op["op"]
-    if kind == "batchnorm":
-        return F.batch_norm(x, params["running_mean"], params["running_var"], params["weight"],
-                            params["bias"], False, 0.0, float(op["eps"]))
-    if kind == "relu":
-        return F.relu(x)
-    if kind == "hardtanh":
-        return F.hardtanh(x, float(op["min_val"]), float(op["max_val"]))
-    if kind == "scale":
-        return x * _channel(params["scale"], x.dim())
-    if kind == "shift":
-        return x + _channel(params["shift"], x.dim())
-    if kind == "rprelu":
-        return F.prelu(x + _channel(params["bias_in"], x.dim()), params["slope"]) + _channel(params["bias_out"], x.dim())
-    raise FormatError(f"{kind} is not a pointwise op")
-
-
-def pointwise_params(op: dict, tensors: dict) -> dict:
-    """The per-channel tensors of a pointwise op (BatchNorm's weight and bias may be null)."""
-    who = f"{op['op']} '{op.get('name')}'"
-    names = POINTWISE_TENSORS.get(op["op"], ())
-    params = {k: _t(tensors, op.get(k), who, np.float32) for k in names}
-    if op["op"] != "batchnorm" and any(params[k] is None for k in names):
-        raise FormatError(f"{who}: needs the tensors {', '.join(names)}")
-    return params
-
-
-class Op:
-    """Base: ``run(env)`` reads ``inputs`` from ``env`` and writes ``outputs``."""
-
-    def __init__(self, op: dict, tensors: dict, values: dict):
-        self.spec = op
-        self.name = op.get("name", op["outputs"][0])
-        self.inputs = list(op["inputs"])
-        self.outputs = list(op["outputs"])
-
-    def run(self, env: dict) -> None:
-        env[self.outputs[0]] = self.forward(*[env[i] for i in self.inputs])
-
-    def forward(self, *xs):  # pragma: no cover - abstract
-        raise NotImplementedError
+from qat.runtime.opbase import Op, channel as _channel, tensor as _t
 
 
 class Quantize(Op):
@@ -97,54 +28,6 @@ class Quantize(Op):
 
     def forward(self, x):
         return Q.quantize(x, self.quant)
-
-
-class Pointwise(Op):
-    def __init__(self, op, tensors, values):
-        super().__init__(op, tensors, values)
-        self.params = pointwise_params(op, tensors)
-
-    def forward(self, x):
-        return pointwise(self.spec, self.params, x)
-
-
-class MaxPool(Op):
-    def forward(self, x):
-        s = self.spec
-        return F.max_pool2d(x, s["kernel_size"], s["stride"], s["padding"], s["dilation"], s["ceil_mode"])
-
-
-class AvgPool(Op):
-    def forward(self, x):
-        s = self.spec
-        return F.avg_pool2d(x, s["kernel_size"], s["stride"], s["padding"], s["ceil_mode"],
-                            s["count_include_pad"], s["divisor_override"])
-
-
-class GlobalAvgPool(Op):
-    def forward(self, x):
-        return F.adaptive_avg_pool2d(x, 1)
-
-
-class Flatten(Op):
-    def forward(self, x):
-        return torch.flatten(x, int(self.spec["start_dim"]), int(self.spec["end_dim"]))
-
-
-class Add(Op):
-    def forward(self, a, b):
-        return a + b
-
-
-class Slice(Op):
-    def forward(self, x):
-        idx = tuple(slice(a, b, c) for a, b, c in self.spec["slices"][1:])
-        return x[(slice(None),) + idx]
-
-
-class Pad(Op):
-    def forward(self, x):
-        return F.pad(x, list(self.spec["pad"]), value=float(self.spec["value"]))
 
 
 class Dequantize(Op):
@@ -245,6 +128,9 @@ class Layer(Op):
         if self.conv:
             o, i, (kh, kw) = int(op["out_channels"]), int(op["in_channels"]), op["kernel_size"]
             self.groups = int(op.get("groups", 1))
+            if self.groups < 1 or i % self.groups or o % self.groups:
+                raise FormatError(f"{op['op']} '{op.get('name')}': groups={self.groups} must divide "
+                                  f"in_channels={i} and out_channels={o}")
             shape = [o, kh, kw, i // self.groups]
             self.geom = (op["kernel_size"], op["stride"], op["padding"], op["dilation"])
         else:
@@ -274,14 +160,17 @@ class Layer(Op):
                 raise FormatError(f"{who}: xnor_popcount needs 1-bit weights and sign inputs")
             k = int(np.prod(shape[1:]))
             words = kernels.words64_from_file(np.asarray(buf), o, packing.matrix_shape(shape)[2])
-            self.kernel = (kernels.BinaryConv2d(words, i, *self.geom) if self.conv
+            self.kernel = (kernels.BinaryConv2d(words, i, *self.geom, groups=self.groups) if self.conv
                            else kernels.BinaryMatmul(words, k))
         elif self.compute == "int":
             zw = _t(tensors, w.get("zero_point"), who, np.int32)
             zw = np.zeros(1, np.int64) if zw is None else zw.numpy().astype(np.int64)
             zw = np.broadcast_to(zw.reshape(-1), (o,)).copy()
             _, zx = Q.scale_and_zero_point(self.in_spec)
-            self.kernel = kernels.IntMatmul(codes.reshape(o, -1), zw, Q.code_bounds(self.in_spec), zx)
+            if self.groups > 1:
+                self.kernel = kernels.GroupedIntMatmul(codes.reshape(o, -1), zw, zx, self.groups, i)
+            else:
+                self.kernel = kernels.IntMatmul(codes.reshape(o, -1), zw, Q.code_bounds(self.in_spec), zx)
         elif self.compute == "signed_sum":
             if w["kind"] not in ("sign", "binary", "ternary"):
                 raise FormatError(f"{who}: signed_sum needs sign, binary or ternary weights")
@@ -352,7 +241,6 @@ class DynamicQuantizeDecode(Op):
 
 OPS = {
     "quantize": Quantize, "conv2d": Layer, "linear": Layer, "dequantize": Dequantize,
-    "threshold": Threshold, "requantize": Requantize, "batchnorm": Pointwise, "relu": Pointwise,
-    "hardtanh": Pointwise, "scale": Pointwise, "shift": Pointwise, "rprelu": Pointwise, "maxpool2d": MaxPool, "avgpool2d": AvgPool, "global_avgpool": GlobalAvgPool,
-    "flatten": Flatten, "add": Add, "slice": Slice, "pad": Pad, "fake_quantize": DynamicQuantizeDecode,
+    "threshold": Threshold, "requantize": Requantize, "fake_quantize": DynamicQuantizeDecode,
+    **pointwise.OPS, **pooling.OPS, **shape_ops.OPS, **elementwise.OPS,
 }

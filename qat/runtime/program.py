@@ -9,6 +9,8 @@ import torch
 
 from qat.runtime.artifact import load_artifact
 from qat.runtime.errors import FormatError
+from qat.runtime.native import choose_backend, load_library
+from qat.runtime.native.plan import NativeProgram
 from qat.runtime.ops import OPS
 
 
@@ -26,9 +28,12 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 class Program:
-    """The operations of a manifest in order. ``program(x)`` returns the float32 output (logits)."""
+    """The operations of a manifest in order. ``program(x)`` returns the float32 output (logits).
 
-    def __init__(self, manifest: dict, tensors: dict[str, np.ndarray]):
+    ``backend`` says what runs the integer ops: ``native-avx2`` / ``native-scalar`` (the C kernels,
+    bit-identical to the reference) or ``reference`` (the ops of ``qat.runtime.ops``)."""
+
+    def __init__(self, manifest: dict, tensors: dict[str, np.ndarray], backend: str | None = None):
         self.manifest = manifest
         self.input_name = manifest["input"]["name"]
         self.input_shape = manifest["input"]["shape"]
@@ -67,11 +72,14 @@ class Program:
                 last[name] = i
         self._free = [[n for n, j in last.items() if j == i and n != self.output_name]
                       for i in range(len(self.ops))]
+        self.backend = choose_backend(backend)
+        self.native = (None if self.backend == "reference" else
+                       NativeProgram(self, tensors, load_library(), self.backend.split("-")[1]))
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Program":
+    def load(cls, folder: str | Path, backend: str | None = None) -> "Program":
         manifest, tensors = load_artifact(folder)
-        return cls(manifest, tensors)
+        return cls(manifest, tensors, backend)
 
     @property
     def normalization(self) -> dict:
@@ -89,6 +97,8 @@ class Program:
         if x.dtype != torch.float32 or list(x.shape[1:]) != list(want):
             raise ValueError(f"input must be float32 [N, {', '.join(map(str, want))}], got {x.dtype} "
                              f"{list(x.shape)}")
+        if self.native is not None:
+            return self.native.run(x, keep)
         env = {self.input_name: x}
         for op, free in zip(self.ops, self._free):
             op.run(env)
@@ -101,6 +111,9 @@ class Program:
         return self.run(x)[self.output_name]
 
 
-def load(folder: str | Path) -> Program:
-    """Load and verify an export folder (checksums, format version, every tensor)."""
-    return Program.load(folder)
+def load(folder: str | Path, backend: str | None = None) -> Program:
+    """Load and verify an export folder (checksums, format version, every tensor).
+
+    ``backend``: ``native-avx2``, ``native-scalar`` or ``reference`` (default: ``QAT_RUNTIME``, else
+    the native kernels when they are built; see ``qat.runtime.native``)."""
+    return Program.load(folder, backend)

@@ -72,7 +72,7 @@ def test_ternary_sparsity_alpha_and_admm_state():
 
     module, layers = prepared(ADMMTernary(rho=0.01))
     layer = layers["3"]
-    module.recipe.on_train_start(module.model, None)  # G <- Proj(W)
+    module.recipe.on_train_start(module.model, total_steps=100)  # G <- Proj(W)
     q = layer.weight_quant
     with torch.no_grad():
         layer.weight.add_(0.05)

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 import qat.data.imagefolder as imagefolder_mod
+from qat.data.base import class_interleaved
+from qat.data.imagefolder import EVAL_ORDER_SEED
 from qat.data import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, DataFormatError, DataRootError,
                       ImageDecodeError)
 from qat.data import cache as cache_mod
@@ -75,7 +77,10 @@ def write_folder_layout(root: Path, arrays, ext: str = "png") -> Path:
 
 
 def _by_label(x: np.ndarray, y: np.ndarray):
-    order = np.argsort(y, kind="stable")  # folder order: class by class, files by name (= original index)
+    """The stored order of a folder copy's test split: files listed class by class, by name (= original
+    index), then put in the fixed class-interleaved order."""
+    order = np.argsort(y, kind="stable")
+    order = order[class_interleaved(torch.from_numpy(y[order]), EVAL_ORDER_SEED).numpy()]
     return torch.from_numpy(x[order]), torch.from_numpy(y[order]).long()
 
 
@@ -117,7 +122,7 @@ def test_both_layouts_give_the_same_data(tmp_path, arrays, protocol, str_keys):
     # pickle layout keeps the file order: test split identical to the source arrays
     assert torch.equal(p.test_set.images, torch.from_numpy(test_x))
     assert torch.equal(p.test_set.labels, torch.from_numpy(test_y).long())
-    # folder layout: same pixels under the same class index (by folder name), in class order
+    # folder layout: same pixels under the same class index (by folder name), class-interleaved
     ex, ey = _by_label(test_x, test_y)
     assert torch.equal(f.test_set.images, ex) and torch.equal(f.test_set.labels, ey)
     # train + val: same multiset of (label, image) in both layouts, and equal to the source

@@ -126,9 +126,9 @@ def test_lightning_can_inject_a_distributed_sampler():
 
 
 def test_synthetic_is_fast_seeded_and_learnable():
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # this process's CPU time: a loaded machine does not make it fail
     a = synth(seed=0)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
     assert torch.equal(a.train_set.images, synth(seed=0).train_set.images)
     assert not torch.equal(a.train_set.images, synth(seed=1).train_set.images)
     assert (a.num_classes, a.in_channels, a.image_size) == (4, 3, (16, 16))

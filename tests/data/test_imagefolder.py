@@ -51,10 +51,14 @@ def test_classes_from_sorted_folder_names(tmp_path):
     dm = build(root, tmp_path, val_fraction=0.0)
     assert dm.class_names == ["apple", "mango", "zebra"] and dm.num_classes == 3
     assert (dm.in_channels, dm.image_size) == (3, (6, 8))
-    # test split: class order apple, mango, zebra; files in name order; exact pixels
-    assert dm.test_set.labels.tolist() == [0, 0, 1, 1, 2, 2]
-    expected = [saved[root / "test" / c / f"{i:03d}.png"] for c in ("apple", "mango", "zebra") for i in range(2)]
-    assert torch.equal(dm.test_set.images, torch.from_numpy(np.stack(expected)).permute(0, 3, 1, 2))
+    # test split: classes apple, mango, zebra interleaved; exact pixels under each file's label
+    assert sorted(dm.test_set.labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert sorted(dm.test_set.labels[:3].tolist()) == [0, 1, 2]
+    by_label = {k: [] for k in range(3)}
+    for x, y in zip(dm.test_set.images, dm.test_set.labels):
+        by_label[int(y)].append(x.permute(1, 2, 0).numpy().tobytes())
+    for k, c in enumerate(("apple", "mango", "zebra")):
+        assert sorted(by_label[k]) == sorted(saved[root / "test" / c / f"{i:03d}.png"].tobytes() for i in range(2))
 
 
 def test_grayscale_gives_one_channel(tmp_path):
@@ -200,3 +204,28 @@ def test_decode_modes_match_pil(tmp_path, mode, ext, channels):
     ref = torch.from_numpy(ref.copy()).reshape(6, 8, channels).permute(2, 0, 1)
     assert x.shape == (1, channels, 6, 8) and x.dtype == torch.uint8
     assert (x[0].int() - ref.int()).abs().max() <= 1  # converters may round differently by 1
+
+
+def test_class_interleaved_order_is_a_fixed_permutation_spreading_every_class():
+    from qat.data import class_interleaved
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    order = class_interleaved(labels, seed=0)
+    assert sorted(order.tolist()) == list(range(100))
+    assert torch.equal(order, class_interleaved(labels, seed=0))
+    assert not torch.equal(order, class_interleaved(labels, seed=1))
+    seen = labels[order]
+    # every prefix of 10 holds each class in proportion (5/3/2) to within one image
+    for k in range(10, 101, 10):
+        counts = torch.bincount(seen[:k], minlength=3).float()
+        assert (counts - k * torch.tensor([0.5, 0.3, 0.2])).abs().max() <= 1.0, (k, counts)
+
+
+def test_limited_test_sees_every_class(tmp_path):
+    """Issue 10: a test split stored in class order made trainer.limit_test_batches=2 test 1-2 classes."""
+    root = tmp_path / "ds"
+    make_folder(root, classes=tuple(f"c{i}" for i in range(8)), per_class=(2, 3, 6), splits=("train", "val", "test"))
+    dm = build(root, tmp_path, eval_batch_size=4)
+    for loader in (dm.test_dataloader(), dm.val_dataloader()):
+        first_two = torch.cat([y for _, (_, y) in zip(range(2), loader)])
+        assert sorted(first_two.tolist()) == list(range(8))

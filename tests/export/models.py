@@ -30,16 +30,13 @@ def build(model: str, width: float = 1.0):
     raise ValueError(model)
 
 
-class _Trainer:
-    estimated_stepping_batches = 100
-    global_step = 0
-
-
-def deployed(model: str, recipe: str, seed: int = 0, **recipe_kwargs):
-    """``(model, recipe)``: prepared, BN statistics randomised, calibrated, finalized, eval mode."""
+def deployed(model: str, recipe: str, seed: int = 0, net: nn.Module | None = None, shape=SHAPE,
+             **recipe_kwargs):
+    """``(model, recipe)``: prepared, BN statistics randomised, calibrated, finalized, eval mode.
+    ``net`` (inputs of ``shape``) replaces the small test network named by ``model``."""
     torch.manual_seed(seed)
     r = RECIPES[recipe](**recipe_kwargs)
-    m = r.prepare(build(model))
+    m = r.prepare(build(model) if net is None else net)
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -48,10 +45,10 @@ def deployed(model: str, recipe: str, seed: int = 0, **recipe_kwargs):
                 mod.weight.uniform_(-1.5, 1.5)
                 mod.bias.uniform_(-0.5, 0.5)
     m.train()
-    r.on_train_start(m, _Trainer())
+    r.on_train_start(m, total_steps=100)
     with torch.no_grad():
         for _ in range(3):
-            m(torch.randn(16, *SHAPE))
+            m(torch.randn(16, *shape))
     m.eval()
     r.finalize(m)
     return m, r

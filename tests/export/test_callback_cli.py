@@ -1,6 +1,7 @@
 """Training leaves a verified export; python -m qat.export / qat.runtime work from files alone."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from qat.export import ExportError, load_checkpoint
 from qat.export.__main__ import main as export_main
 from qat.runtime import load
 from qat.runtime.__main__ import main as runtime_main
+from qat.runtime.native import load_library
 from tests.conftest import compose_cfg
 
 FAST = ["model=mlp", "model.hidden=32", "data=synthetic", "data.n_train=128", "data.n_val=64", "data.n_test=96",
@@ -42,6 +44,10 @@ def test_bnn_run_leaves_a_verified_export(runs):
         p.name for p in folder.iterdir()}
     assert "binary MACs" in (folder / "summary.md").read_text()
     assert load(folder).manifest["recipe"]["name"] == "bnn"
+    # verification ran on the runtime load() picks: the native kernels wherever they are built
+    backend = json.loads((folder / "verification.json").read_text())["runtime"]["backend"]
+    assert backend == load(folder).backend
+    assert backend.startswith("native") == (load_library() is not None and not os.environ.get("QAT_RUNTIME"))
 
 
 def test_uint8_run_exports_onnx_and_bounds_disagreements(runs):

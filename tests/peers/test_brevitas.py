@@ -26,7 +26,7 @@ def _pair(recipe, method):
 @pytest.mark.parametrize("recipe,method", [(BNN(), "bnn"), (BWN(), "bwn")])
 def test_same_logits_and_gradients_as_qat(recipe, method):
     ours, peer = _pair(recipe, method)
-    recipe.on_train_start(ours, None)  # bnn clips latent weights to [-1, 1], as Brevitas' clamp does
+    recipe.on_train_start(ours)  # bnn clips latent weights to [-1, 1], as Brevitas' clamp does
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     ya, yb = ours(x), peer(x)
     assert torch.equal(ya, yb)

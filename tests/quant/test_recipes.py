@@ -95,11 +95,8 @@ def test_qat_uint8_weights_have_at_most_256_levels_per_channel(tmp_path):
 def test_qat_uint8_schedule_by_steps():
     model = QATUint8(quant_delay=10, freeze_bn=20, freeze_observers=30).prepare(resnet20(num_classes=10))
 
-    class T:
-        global_step, estimated_stepping_batches = 0, 100
-
     recipe = QATUint8(quant_delay=10, freeze_bn=20, freeze_observers=30)
-    recipe.on_train_start(model, T())
+    recipe.on_train_start(model)  # step counts only: the run's length is not needed
     fq = [m for m in model.modules() if isinstance(m, AffineQuant)]
     bns = [m for m in model.modules() if isinstance(m, QuantConvBn2d)]
     assert all(int(m.fake_quant_enabled) == 0 for m in fq)

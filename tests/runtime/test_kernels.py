@@ -45,6 +45,35 @@ def test_xnor_popcount_conv_is_exact(case):
 
 
 @settings(max_examples=40, deadline=None)
+@given(conv_case(), st.integers(1, 4), st.booleans())
+def test_grouped_and_depthwise_convs_are_exact(case, gmul, depthwise):
+    """Binary (XNOR-popcount) and integer grouped convolutions against torch's float convolution of
+    the same small integers (exact in float64)."""
+    c, o, k, s, p, d, h, w, seed = case
+    groups = min(c, 4) if not depthwise else c
+    c = groups * max(1, c // groups)
+    o = groups * (gmul if depthwise else max(1, o // groups))
+    g = torch.Generator().manual_seed(seed)
+    x, wt = _pm1((2, c, h, w), g), _pm1((o, c // groups, k, k), g)
+    ref = F.conv2d(x.double(), wt.double(), stride=s, padding=p, dilation=d, groups=groups).to(torch.int32)
+    shape = (o, k, k, c // groups)
+    buf = pack_bits(wt.permute(0, 2, 3, 1).numpy(), 1, "sign")
+    conv = kernels.BinaryConv2d(kernels.words64_from_file(buf, o, matrix_shape(shape)[2]), c, k, s, p, d,
+                                groups=groups)
+    assert torch.equal(conv(x), ref)
+    # integer codes with zero points: x in [0, 255] (Z_x = 7), w in [-127, 127] (Z_w per channel)
+    xq = torch.randint(0, 256, (2, c, h, w), generator=g)
+    wq = torch.randint(-127, 128, (o, c // groups, k, k), generator=g)
+    zw = torch.randint(-3, 4, (o,), generator=g)
+    ref = F.conv2d((xq - 7).double(), (wq - zw.view(-1, 1, 1, 1)).double(), stride=s, padding=p, dilation=d,
+                   groups=groups).to(torch.int32)
+    mm = kernels.GroupedIntMatmul(wq.permute(0, 2, 3, 1).reshape(o, -1).numpy(), zw.numpy(), 7, groups, c)
+    rows, ho, wo = kernels.im2col(mm.prepare(xq), k, s, p, d, pad_value=mm.pad_value())
+    out = mm(rows).reshape(2, ho, wo, o).permute(0, 3, 1, 2)
+    assert torch.equal(out, ref)
+
+
+@settings(max_examples=40, deadline=None)
 @given(st.integers(1, 200), st.integers(1, 20), st.integers(0, 2 ** 31))
 def test_xnor_popcount_linear_is_exact(k, o, seed):
     g = torch.Generator().manual_seed(seed)

@@ -1,0 +1,148 @@
+"""Which ops of a program run natively, and how they are fused.
+
+``NativeProgram`` walks the manifest once per mode: ``fused`` (conv -> [maxpool] -> threshold becomes
+one binary layer writing packed bits, max pooling done on the bits; int conv -> requantize one int
+layer writing codes) for speed, ``unfused`` (every manifest value computed, for ``run(keep=True)``).
+An op without a native kernel runs as the reference op on reference-layout inputs; values convert
+between the layouts only where a reference op meets a native one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from qat.runtime.native import ops as N
+from qat.runtime.native.values import NATIVE, reference
+
+
+class RefStep:
+    """A reference op, fed reference-layout inputs."""
+
+    def __init__(self, op):
+        self.op, self.inputs, self.outputs = op, op.inputs, op.outputs
+
+    def run(self, env):
+        local = {name: reference(env[name]) for name in self.inputs}
+        self.op.run(local)
+        for name in self.outputs:
+            env[name] = local[name]
+
+
+def _chw(values: dict, name: str) -> tuple[int, int, int]:
+    shape = values[name]["shape"][1:]
+    return (int(shape[0]), int(shape[1]), int(shape[2])) if len(shape) == 3 else (int(shape[0]), 1, 1)
+
+
+class NativeProgram:
+    def __init__(self, program, tensors: dict, lib, isa: str):
+        self.program, self.tensors, self.lib, self.isa = program, tensors, lib, isa
+        self.values = program.manifest["values"]
+        self.readers = Counter(n for op in program.ops for n in op.inputs)
+        self.readers[program.output_name] += 1  # the caller reads the output
+        self.plans = {fuse: self._plan(fuse) for fuse in (True, False)}
+
+    # ----------------------------------------------------------------- planning
+    def _in_chw(self, op, producers) -> tuple[int, int, int]:
+        """The ``[c, h, w]`` map a layer reads (a linear layer after a flatten reads the 4-d map)."""
+        src = op.inputs[0]
+        prod = producers.get(src)
+        if op.spec["op"] == "linear" and prod is not None and prod.spec["op"] == "flatten":
+            pre = self.values[prod.inputs[0]]["shape"]
+            if len(pre) == 4 and int(prod.spec["start_dim"]) == 1 and int(prod.spec["end_dim"]) in (-1, 3):
+                return _chw(self.values, prod.inputs[0])
+        return _chw(self.values, src)
+
+    def _single(self, name: str, reader_index: int, ops) -> bool:
+        return self.readers[name] == 1 and name != self.program.output_name and reader_index < len(ops)
+
+    def _plan(self, fuse: bool) -> list:
+        ops = self.program.ops
+        producers, native_i32, native_vals, steps = {}, set(), set(), []
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            kind = op.spec["op"]
+            step, used = None, 1
+            try:
+                if kind in ("conv2d", "linear") and op.compute == "xnor_popcount":
+                    step, used = self._binary(op, ops, i, producers, fuse)
+                elif kind in ("conv2d", "linear") and op.compute == "int":
+                    step, used = self._int(op, ops, i, producers, fuse)
+                elif kind == "maxpool2d" and op.inputs[0] in native_i32:
+                    step = N.MaxPoolI32(self.lib, op.spec, _chw(self.values, op.inputs[0]))
+                elif kind == "threshold" and op.inputs[0] in native_i32:
+                    step = N.ThresholdPack(self.lib, op, _chw(self.values, op.inputs[0]), self._flat(op))
+                elif kind == "requantize" and op.inputs[0] in native_i32:
+                    step = N.Requantize(self.lib, op, _chw(self.values, op.inputs[0]), self._flat(op))
+                elif (kind == "flatten" and op.inputs[0] in native_vals and int(op.spec["start_dim"]) == 1
+                      and int(op.spec["end_dim"]) in (-1, 3)):
+                    step = N.Flatten(op.inputs, op.outputs, op.name)
+            except N.NotNative:
+                step, used = None, 1
+            if step is None:
+                step = RefStep(op)
+            else:
+                native_vals.update(step.outputs)
+            if isinstance(step, N.NativeOp) and any(self.values[o]["dtype"] == "int32" for o in step.outputs):
+                native_i32.update(step.outputs)
+            for j in range(i, i + used):
+                for o in ops[j].outputs:
+                    producers[o] = ops[j]
+            steps.append(step)
+            i += used
+        return steps
+
+    def _flat(self, op) -> bool:
+        return len(self.values[op.outputs[0]]["shape"]) == 2
+
+    def _binary(self, op, ops, i, producers, fuse):
+        in_chw = self._in_chw(op, producers)
+        out = op.outputs[0]
+        if fuse and self._single(out, i + 1, ops):
+            nxt = ops[i + 1]
+            pool = None
+            if nxt.spec["op"] == "maxpool2d" and self._single(nxt.outputs[0], i + 2, ops):
+                pool, nxt = nxt, ops[i + 2]
+            if nxt.spec["op"] == "threshold" and nxt.spec["domain"] == "int" and nxt.inputs[0] == (
+                    pool.outputs[0] if pool else out):
+                thr = N.threshold_tensors(nxt)
+                layer = N.BinaryLayer(self.lib, self.isa, op.spec, self.tensors, in_chw, nxt.outputs, thr,
+                                      pool.spec if pool else None)
+                return layer, 3 if pool else 2
+        return N.BinaryLayer(self.lib, self.isa, op.spec, self.tensors, in_chw, op.outputs), 1
+
+    def _int(self, op, ops, i, producers, fuse):
+        in_chw = self._in_chw(op, producers)
+        out = op.outputs[0]
+        if fuse and self._single(out, i + 1, ops) and ops[i + 1].spec["op"] == "requantize":
+            rq = ops[i + 1]
+            return N.IntLayer(self.lib, self.isa, op.spec, self.tensors, in_chw, rq.outputs, rq), 2
+        return N.IntLayer(self.lib, self.isa, op.spec, self.tensors, in_chw, op.outputs), 1
+
+    # ----------------------------------------------------------------- running
+    def native_ops(self, fused: bool = True) -> list[str]:
+        """Names of the ops (or fused groups) that run natively."""
+        return [s.name for s in self.plans[fused] if isinstance(s, N.NativeOp)]
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, keep: bool) -> dict:
+        steps = self.plans[not keep]
+        env = {self.program.input_name: x}
+        last = {}
+        for i, s in enumerate(steps):
+            for name in s.inputs:
+                last[name] = i
+        for i, s in enumerate(steps):
+            s.run(env)
+            if not keep:
+                for name in s.inputs:
+                    if last[name] == i and name != self.program.output_name:
+                        env.pop(name, None)
+        if keep:
+            return {k: reference(v).contiguous() for k, v in env.items()}
+        return {self.program.output_name: reference(env[self.program.output_name]).contiguous()}
+
+
+__all__ = ["NativeProgram", "NATIVE"]

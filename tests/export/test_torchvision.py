@@ -1,0 +1,144 @@
+"""torchvision's classification CNNs x the recipes: prepare, two training steps, export, and the runtime
+(and onnxruntime for qat_uint8) agreeing with the model on a small batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from qat.export import export_model
+from qat.runtime import load
+from tests.export.models import NORM
+from tests.export.torchvision_models import MATRIX_RECIPES, MODELS, build, trained
+
+SLOW = {"densenet121", "efficientnet_b0"}  # the largest graphs: 120 and 81 convolutions
+SLOW_CASES = {("resnet18", r) for r in MATRIX_RECIPES if r != "bnn"}  # 11 M parameters; no op others lack
+#: qat_uint8 runtime agreement on noise images after two steps, where it is below the 0.995 asked
+#: of a trained network: integer requantization differs from fake quantization on ~1e-5 of the codes
+#: by one step, and 50+ layers of an untrained network amplify those flips (measured: densenet121
+#: 0.969 on 128 images; efficientnet_b0 0.89 on 128, 0.81 on these 16). A coarse bound: a wrong op
+#: gives ~0.1 (CIFAR-10 after 20 steps: BENCHMARKS.md)
+UINT8_AGREEMENT = {"densenet121": 0.75, "efficientnet_b0": 0.75}
+SHAPE = (3, 32, 32)
+
+
+def prepared_and_trained(name: str, recipe: str, steps: int = 2, batch: int = 8, seed: int = 0):
+    """``(model, recipe)``: ``name`` prepared for ``recipe``, ``steps`` SGD steps on random data."""
+    torch.manual_seed(seed)
+    model, r = build(name, recipe)
+    g = torch.Generator().manual_seed(seed)
+    calib = [torch.randn(batch, *SHAPE, generator=g) for _ in range(3)]
+    batches = [(torch.randn(batch, *SHAPE, generator=g), torch.randint(0, 10, (batch,), generator=g))
+               for _ in range(steps)]
+    return trained(model, r, batches, calib), r
+
+
+def verification_batch(n: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(seed))
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.argmax(1) == b.argmax(1)).float().mean())
+
+
+#: bnn networks whose output does not depend on the input (the runtime still has to match every
+#: intermediate value, which the test checks): squeezenet has no BatchNorm, so max pooling of hard-tanh
+#: outputs is +1 almost everywhere
+CONSTANT_OUTPUT = {("squeezenet1_0", "bnn")}
+
+
+def check(tmp_path, name: str, recipe: str):
+    model, r = prepared_and_trained(name, recipe)
+    res = export_model(model, tmp_path / f"{name}_{recipe}", input_shape=SHAPE, normalization=NORM,
+                       recipe=r, onnx=recipe == "qat_uint8")
+    x = verification_batch()
+    with torch.no_grad():
+        ref = model(x)
+    program = load(res.folder)
+    out = program(x)
+    if (name, recipe) not in CONSTANT_OUTPUT:
+        assert ref.std(0).max() > 0, "the model's output is the same for every input"
+    if recipe == "bnn":  # exact: every float value the runtime computes is the model's own
+        assert torch.equal(out, ref)
+        values, env = model_values(model, x), program.run(x, keep=True)
+        shared = [v for v in env if v in values and env[v].dtype == torch.float32]
+        assert len(shared) >= 10 and all(torch.equal(env[v], values[v]) for v in shared)
+    elif recipe == "qat_uint8":
+        assert agreement(out, ref) >= UINT8_AGREEMENT.get(name, 0.995)
+        from qat.export.onnx_export import run, session
+
+        assert res.onnx is not None
+        onnx_out = run(session(res.onnx, threads=1), x)
+        # model.onnx rounds the bias to the accumulator's unit (f = 0): further from the model than the
+        # runtime; on two-step networks with near-equal logits top-1 agreement is no test of the
+        # graph, so its logits are bounded instead (agreement on CIFAR-10: BENCHMARKS.md)
+        assert (onnx_out - ref).abs().max() <= 0.15 * (ref.max() - ref.min())
+    else:  # signed sums: float rounding only
+        assert agreement(out, ref) == 1.0
+        assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    return model, res
+
+
+def _matrix():
+    for name in MODELS:
+        for recipe in MATRIX_RECIPES:
+            marks = [pytest.mark.slow] if name in SLOW or (name, recipe) in SLOW_CASES else []
+            yield pytest.param(name, recipe, marks=marks, id=f"{name}-{recipe}")
+
+
+@pytest.mark.parametrize(("name", "recipe"), list(_matrix()))
+def test_torchvision_matrix(tmp_path, name, recipe):
+    model, res = check(tmp_path, name, recipe)
+    ops = res.manifest["ops"]
+    layers = [op for op in ops if op["op"] in ("conv2d", "linear")]
+    n_layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    assert len(layers) == n_layers
+    compute = {op["compute"] for op in layers}
+    if recipe == "bnn":
+        assert "xnor_popcount" in compute
+    elif recipe == "qat_uint8":
+        assert compute == {"int"}
+    else:
+        assert "signed_sum" in compute
+    grouped = [op for op in layers if op["op"] == "conv2d" and op["groups"] > 1]
+    if name in ("mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5"):
+        assert grouped and all(op["compute"] != "float" for op in grouped if recipe in ("bnn", "qat_uint8"))
+
+
+def model_values(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every tensor the model computes, by fx node name (the names the manifest's values carry)."""
+    from qat.export.trace import _Tracer
+
+    gm = torch.fx.GraphModule(model, _Tracer().trace(model))
+    out = {}
+
+    class Record(torch.fx.Interpreter):
+        def run_node(self, n):
+            v = super().run_node(n)
+            if isinstance(v, torch.Tensor):
+                out[n.name] = v
+            return v
+
+    with torch.no_grad():
+        Record(gm).run(x)
+    return out
+
+
+@pytest.mark.parametrize("recipe", MATRIX_RECIPES)
+def test_custom_model_with_every_op(tmp_path, recipe, monkeypatch):
+    """A user's network with every op above, several spellings each (the checks of ``check``)."""
+    from tests.export.allops import AllOps
+
+    monkeypatch.setattr(torchvision.models, "get_model", lambda name, **kw: AllOps(kw["num_classes"]))
+    model, res = check(tmp_path, "allops", recipe)
+    kinds = {op["op"] for op in res.manifest["ops"]}
+    assert {"concat", "global_avgpool", "maxpool2d", "avgpool2d", "mul", "add", "reshape", "permute",
+            "slice", "flatten", "hardsigmoid", "sigmoid"} <= kinds
+    if recipe != "bnn":
+        assert {"silu", "hardswish", "hardtanh"} <= kinds
+    assert any(op.get("groups", 1) == 16 for op in res.manifest["ops"])
+    assert all(op.get("float") for op in res.manifest["ops"] if op["op"] in ("silu", "mul", "sigmoid"))
+    summary = (res.folder / "summary.md").read_text()
+    assert "## Ops kept in float" in summary and "| mul | 2 |" in summary

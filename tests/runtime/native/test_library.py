@@ -1,0 +1,60 @@
+"""The kernel sources keep the constraints the standalone C program relies on, compile warning-free
+as C99 with nothing but the compiler, and refuse inconsistent sizes."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from qat.runtime.native import library as L
+
+SOURCES = sorted(L.HERE.glob("*.c")) + sorted(L.HERE.glob("*.h"))
+
+
+def _code(path):
+    """The C source without comments and string literals."""
+    text = re.sub(r"/\*.*?\*/", " ", path.read_text(), flags=re.S)
+    return re.sub(r'"(\\.|[^"\\])*"', '""', re.sub(r"//[^\n]*", " ", text))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_sources_use_no_float_malloc_or_python(path):
+    code = _code(path)
+    for word in ("float", "double", "malloc", "calloc", "realloc", "free", "Python"):
+        assert not re.search(rf"\b{word}\b", code), f"{path.name} uses {word}"
+    assert "#include <Python.h>" not in path.read_text()
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_kernels_compile_as_strict_c99(tmp_path):
+    srcs = [str(p) for p in sorted(L.HERE.glob("*.c"))]
+    subprocess.run(["gcc", "-std=c99", "-O1", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-c", *srcs],
+                   check=True, cwd=tmp_path)
+
+
+@pytest.mark.skipif(L.load_library() is None, reason="native kernel library not built")
+def test_inconsistent_sizes_are_refused():
+    lib = L.load_library()
+    x = torch.zeros(1, 4, 4, 1, dtype=torch.int64)
+    w = torch.zeros(64, dtype=torch.int64)
+    acc = torch.zeros(1, 4, 4, 16, dtype=torch.int32)
+    good = L.ConvGeom(1, 4, 4, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4)
+    assert lib.qat_conv_geom_check(good) == 0
+    for isa in L.available_isas():
+        fn = getattr(lib, f"qat_binary_conv2d_{isa}")
+        assert fn(good, L.ptr(x), L.ptr(w), L.ptr(acc), None, None, None, 0, 4) == 0
+        bad_out = L.ConvGeom(1, 4, 4, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 5, 4)  # wrong output height
+        assert fn(bad_out, L.ptr(x), L.ptr(w), L.ptr(acc), None, None, None, 0, 4) == L.QAT_EARG
+        assert fn(good, L.ptr(x), L.ptr(w), L.ptr(acc), None, None, None, 0, 5) == L.QAT_EARG  # rows
+        assert fn(good, L.ptr(x), L.ptr(w), None, None, None, None, 0, 4) == L.QAT_EARG  # no output
+    with pytest.raises(L.NativeError, match="out of range or inconsistent"):
+        L.check(lib.qat_pack_signs(L.ptr(x), -1, 8, L.ptr(w)), "pack")
+
+
+def test_python_constants_match_the_header():
+    header = (L.HERE / "qat_kernels.h").read_text()
+    for name, value in (("QAT_ROW_WORDS", L.ROW_WORDS), ("QAT_EARG", L.QAT_EARG), ("QAT_ERANGE", L.QAT_ERANGE),
+                        ("QAT_U8", L.U8), ("QAT_I8", L.I8), ("QAT_I16", L.I16), ("QAT_I32", L.I32)):
+        assert re.search(rf"#define {name} \(?{value}\)?\b", header), name

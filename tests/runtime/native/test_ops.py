@@ -1,0 +1,161 @@
+"""Native ops against exact references on random shapes, on both dispatch paths (AVX2 and scalar):
+odd channel counts, reductions not a multiple of 64, strides, padding, 1x1 kernels, batch 1."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qat.runtime import ops as R
+from qat.runtime.fixedpoint import quantize_multiplier
+from qat.runtime.native import library as L
+from qat.runtime.native import ops as N
+from qat.runtime.native.values import Nhwc, Packed, as_packed
+from qat.runtime.packing import pack_bits
+
+pytestmark = pytest.mark.skipif(L.load_library() is None, reason="native kernel library not built")
+ISAS = L.available_isas() or ("scalar",)
+
+
+@st.composite
+def conv_case(draw):
+    c = draw(st.sampled_from([1, 3, 17, 63, 64, 65, 100, 128, 130]))
+    o = draw(st.sampled_from([1, 5, 16, 17, 33]))
+    k = draw(st.sampled_from([1, 2, 3, 5]))
+    s = draw(st.integers(1, 2))
+    p = draw(st.integers(0, 2))
+    d = draw(st.integers(1, 2))
+    lo = max(1, d * (k - 1) + 1 - 2 * p)
+    h, w = draw(st.integers(lo, lo + 6)), draw(st.integers(lo, lo + 6))
+    n = draw(st.sampled_from([1, 2, 3]))
+    return c, o, k, s, p, d, h, w, n, draw(st.integers(0, 2 ** 31)), draw(st.sampled_from(ISAS)), draw(st.integers(1, 2))
+
+
+def _pm1(shape, g):
+    return torch.where(torch.rand(shape, generator=g) < 0.5, -1, 1).to(torch.int8)
+
+
+def _spec(op, o, c, k, s, p, d, weight):
+    spec = {"op": op, "name": "t", "inputs": ["x"], "outputs": ["y"], "weight": weight}
+    if op == "conv2d":
+        spec.update(kernel_size=[k, k], stride=[s, s], padding=[p, p], dilation=[d, d], groups=1)
+    return spec
+
+
+def _binary_weight(wt_ohwi):
+    return {"w": pack_bits(wt_ohwi.numpy(), 1, "sign")}, {
+        "tensor": "w", "kind": "sign", "encoding": "bits", "bits": 1, "values": "sign",
+        "shape": list(wt_ohwi.shape)}
+
+
+@settings(max_examples=50, deadline=None)
+@given(conv_case())
+def test_binary_conv_accumulators_threshold_and_pooled_bits(case):
+    c, o, k, s, p, d, h, w, n, seed, isa, threads = case
+    g = torch.Generator().manual_seed(seed)
+    x, wt = _pm1((n, c, h, w), g), _pm1((o, c, k, k), g)
+    ref = F.conv2d(x.double(), wt.double(), stride=s, padding=p, dilation=d).to(torch.int32)
+    tensors, wspec = _binary_weight(wt.permute(0, 2, 3, 1).contiguous())
+    spec = _spec("conv2d", o, c, k, s, p, d, wspec)
+    lib = L.load_library()
+    torch.set_num_threads(threads)
+    try:
+        env = {"x": x}
+        N.BinaryLayer(lib, isa, spec, tensors, (c, h, w), ["y"]).run(env)
+        assert isinstance(env["y"], Nhwc) and torch.equal(env["y"].reference(), ref)
+
+        bound = c * k * k
+        thr = torch.randint(-bound, bound + 1, (o,), generator=g, dtype=torch.int32)
+        up = torch.rand(o, generator=g) < 0.5
+        dirs = torch.where(up, 1, -1).to(torch.int8)
+        want = torch.where((ref >= thr.view(1, -1, 1, 1)) == up.view(1, -1, 1, 1), 1, -1).to(torch.int8)
+        env = {"x": x}
+        N.BinaryLayer(lib, isa, spec, tensors, (c, h, w), ["y"], (thr, dirs)).run(env)
+        assert isinstance(env["y"], Packed) and torch.equal(env["y"].reference(), want)
+
+        if min(ref.shape[2:]) >= 2:  # max pooling folded through the threshold, on the bits
+            pool = {"kernel_size": [2, 2], "stride": [2, 2], "padding": [1, 1] if k % 2 else [0, 0],
+                    "dilation": [1, 1], "ceil_mode": bool(seed % 2)}
+            pooled = F.max_pool2d(ref.double(), 2, 2, pool["padding"], 1, pool["ceil_mode"])
+            want = torch.where((pooled >= thr.view(1, -1, 1, 1)) == up.view(1, -1, 1, 1), 1, -1).to(torch.int8)
+            env = {"x": x}
+            N.BinaryLayer(lib, isa, spec, tensors, (c, h, w), ["y"], (thr, dirs), pool).run(env)
+            assert torch.equal(env["y"].reference(), want)
+            env = {"a": Nhwc(ref.permute(0, 2, 3, 1).contiguous())}
+            N.MaxPoolI32(lib, {**pool, "inputs": ["a"], "outputs": ["m"]}, tuple(ref.shape[1:])).run(env)
+            assert torch.equal(env["m"].reference(), pooled.to(torch.int32))
+    finally:
+        torch.set_num_threads(1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 5), st.integers(1, 5), st.integers(1, 20), st.integers(1, 3),
+       st.integers(0, 2 ** 31), st.sampled_from(ISAS))
+def test_binary_linear_over_a_flattened_map(c, h, w, o, n, seed, isa):
+    """A linear layer after a flatten runs as an h x w convolution on the NHWC map."""
+    g = torch.Generator().manual_seed(seed)
+    x, wt = _pm1((n, c, h, w), g), _pm1((o, c * h * w), g)
+    ref = (x.reshape(n, -1).long() @ wt.long().t()).int()
+    tensors, wspec = _binary_weight(wt)
+    env = {"x": as_packed(x, (c, h, w))}
+    N.BinaryLayer(L.load_library(), isa, _spec("linear", o, c, 0, 0, 0, 0, wspec), tensors, (c, h, w),
+                  ["y"]).run(env)
+    assert torch.equal(env["y"].reference(), ref)
+
+
+@settings(max_examples=50, deadline=None)
+@given(conv_case(), st.sampled_from([(0, 255, 0), (0, 255, 131), (-128, 127, 0), (-127, 127, 3)]),
+       st.sampled_from([(-127, 127), (-128, 127), (0, 255), (-1, 1)]), st.booleans())
+def test_int_conv_accumulators_and_requantized_codes(case, xr, wr, out_signed):
+    c, o, k, s, p, d, h, w, n, seed, isa, threads = case
+    xlo, xhi, zx = xr
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(xlo, xhi + 1, (n, c, h, w), generator=g)
+    wt = torch.randint(wr[0], wr[1] + 1, (o, c, k, k), generator=g)
+    zw = torch.randint(wr[0], wr[1] + 1, (o,), generator=g)
+    ref = F.conv2d((x - zx).double(), (wt - zw.view(-1, 1, 1, 1)).double(), stride=s, padding=p,
+                   dilation=d).to(torch.int32)
+    codes = wt.permute(0, 2, 3, 1).contiguous()
+    values = "unsigned" if wr[0] >= 0 else "signed"
+    tensors = {"w": pack_bits(codes.numpy(), 8, values), "zw": zw.to(torch.int32).numpy()}
+    wspec = {"tensor": "w", "kind": "affine", "encoding": "bits", "bits": 8, "values": values,
+             "shape": list(codes.shape), "zero_point": "zw"}
+    spec = _spec("conv2d", o, c, k, s, p, d, wspec)
+    spec["input"] = {"kind": "affine", "bits": 8, "scale": 0.1, "zero_point": zx, "qmin": xlo, "qmax": xhi}
+    xin = x.to(torch.uint8 if xlo >= 0 else torch.int8)
+    lib = L.load_library()
+    torch.set_num_threads(threads)
+    try:
+        env = {"x": xin}
+        N.IntLayer(lib, isa, spec, tensors, (c, h, w), ["y"]).run(env)
+        assert torch.equal(env["y"].reference(), ref)
+
+        m0, nsh = zip(*(quantize_multiplier(float(v)) for v in torch.rand(o, generator=g) * 0.05 + 1e-4))
+        zp, lo, hi = (0, -128, 127) if out_signed else (7, 0, 255)
+        rt = {"m": np.array(m0, np.int32), "n": np.array(nsh, np.int8),
+              "b": torch.randint(-5000, 5000, (o,), generator=g).to(torch.int32).numpy(),
+              "f": np.full(o, seed % 4, np.int8)}
+        quant = {"kind": "affine", "bits": 8, "scale": 1.0, "zero_point": zp, "qmin": lo, "qmax": hi}
+        rq = R.Requantize({"op": "requantize", "inputs": ["y"], "outputs": ["q"], "multiplier": "m",
+                           "shift": "n", "bias": "b", "bias_shift": "f", "zero_point": zp, "clamp": [lo, hi],
+                           "quant": quant}, rt, {})
+        want = rq.forward(ref)
+        env = {"x": xin}
+        N.IntLayer(lib, isa, spec, tensors, (c, h, w), ["q"], rq).run(env)
+        got = env["q"].reference()
+        assert got.dtype == want.dtype and torch.equal(got, want)
+        env = {"y": Nhwc(ref.permute(0, 2, 3, 1).contiguous())}
+        N.Requantize(lib, rq, tuple(ref.shape[1:]), False).run(env)
+        assert torch.equal(env["q"].reference(), want)
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_binary_layer_wider_than_the_kernel_row_is_left_to_the_reference():
+    c = 1400  # 3 x 3 x 1408 bits > QAT_ROW_WORDS words
+    wt = torch.ones(2, 3, 3, c, dtype=torch.int8)
+    tensors, wspec = _binary_weight(wt)
+    with pytest.raises(N.NotNative, match="longer than"):
+        N.BinaryLayer(L.load_library(), ISAS[-1], _spec("conv2d", 2, c, 3, 1, 1, 1, wspec), tensors, (c, 4, 4), ["y"])

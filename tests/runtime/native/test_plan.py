@@ -1,0 +1,76 @@
+"""The native runtime computes exactly what the reference runtime computes, on every recipe's
+export: the same int32 accumulators and codes at every value (``run(keep=True)``, unfused) and the
+same output with the fused plan, on both dispatch paths; and the backend is chosen as documented."""
+
+import pytest
+import torch
+
+from qat.export import export_model
+from qat.runtime import load
+from qat.runtime.native import choose_backend, library as L
+from qat.runtime.native.values import NATIVE
+from tests.export.models import NORM, RECIPES, SHAPE, deployed, inputs
+
+pytestmark = pytest.mark.skipif(L.load_library() is None, reason="native kernel library not built")
+NATIVE_BACKENDS = [f"native-{isa}" for isa in L.available_isas()]
+# what must run natively: the layers whose compute mode has a kernel
+EXPECT_NATIVE = {"bnn": "xnor_popcount", "qat_uint8": "int", "linear": "int"}
+# every recipe on ResNet-20; VGG-small (max pooling, flatten, linear layers) and the MLP for the
+# recipes with native kernels
+CASES = [("resnet20", r) for r in sorted(RECIPES)] + [(m, r) for m in ("vgg_small", "mlp") for r in EXPECT_NATIVE]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("native_exports")
+    out = {}
+    for model, recipe in CASES:
+        m, r = deployed(model, recipe)
+        out[model, recipe] = export_model(m, root / f"{recipe}_{model}", input_shape=SHAPE,
+                                          normalization=NORM, recipe=r, onnx=False).folder
+    return out
+
+
+@pytest.mark.parametrize("model,recipe", CASES)
+def test_every_value_is_bit_identical(exports, model, recipe):
+    folder = exports[model, recipe]
+    ref = load(folder, backend="reference")
+    x = inputs(5)
+    want = ref.run(x, keep=True)
+    out, out1 = ref(x), ref(x[:1])
+    for backend in NATIVE_BACKENDS:
+        prog = load(folder, backend=backend)
+        assert prog.backend == backend
+        got = prog.run(x, keep=True)
+        assert set(got) == set(want)
+        for name, v in want.items():
+            assert not isinstance(got[name], NATIVE)
+            assert got[name].dtype == v.dtype and torch.equal(got[name], v), f"{backend}: value {name}"
+        assert torch.equal(prog(x), out)  # the fused plan
+        assert torch.equal(prog(x[:1]), out1)  # batch 1
+        if recipe in EXPECT_NATIVE:
+            computes = {op["name"] for op in prog.manifest["ops"] if op.get("compute") == EXPECT_NATIVE[recipe]}
+            assert computes and computes <= set(prog.native.native_ops(fused=False))
+
+
+def test_fusion_removes_intermediate_values(exports):
+    prog = load(exports["vgg_small", "bnn"], backend=NATIVE_BACKENDS[0])
+    fused, unfused = prog.native.plans[True], prog.native.plans[False]
+    assert len(fused) < len(unfused)
+    assert "features_3.acc" not in {o for s in fused for o in s.outputs}  # conv -> maxpool -> threshold
+
+
+def test_backend_choice(monkeypatch, exports):
+    folder = exports["resnet20", "bnn"]
+    monkeypatch.delenv("QAT_NATIVE_ISA", raising=False)
+    monkeypatch.setenv("QAT_RUNTIME", "reference")
+    assert load(folder).backend == "reference" and load(folder).native is None
+    monkeypatch.delenv("QAT_RUNTIME")
+    assert load(folder).backend == NATIVE_BACKENDS[0]
+    monkeypatch.setenv("QAT_NATIVE_ISA", "scalar")
+    assert load(folder).backend == "native-scalar"
+    monkeypatch.setenv("QAT_NATIVE_ISA", "sse9")
+    with pytest.raises(ValueError, match="QAT_NATIVE_ISA"):
+        choose_backend()
+    with pytest.raises(ValueError, match="unknown runtime backend"):
+        choose_backend("gpu")
