@@ -35,11 +35,13 @@ from qat.export.trace import Node
 from qat.export.weights import encode, weight_codebook
 from qat.runtime import quantize as RQ
 from qat.runtime.fixedpoint import quantize_multiplier
-from qat.runtime.pointwise import CLAMPS
+from qat.runtime.pointwise import CLAMPS, TENSORS as POINTWISE_TENSORS
 
 OUTPUT = "<output>"
 STRUCTURAL = ("maxpool2d", "flatten")
-POINTWISE = ("batchnorm",) + CLAMPS
+#: pointwise ops a threshold / requantization chain may hold: BatchNorm, the clamps, and the bnn
+#: options' per-channel blocks (``scale``, ``shift``, ``rprelu``; these fold into thresholds only)
+POINTWISE = ("batchnorm",) + CLAMPS + ("scale", "shift", "rprelu")
 MOVES = ("flatten", "reshape", "permute", "concat", "slice", "pad")  # data movement, no arithmetic
 ACC_LIMIT = 1 << 30  # |acc| and |bias| bound for requantization in int64 (see fixedpoint)
 BIAS_FRAC_BITS = 16  # most fractional bits a requantization bias keeps below the accumulator's unit
@@ -87,6 +89,18 @@ def _key(spec: dict) -> str:
 def _bs(shape) -> list:
     """Shape with the batch dimension as null."""
     return [None] + [int(s) for s in shape[1:]]
+
+
+def _pointwise_tensors(node: Node) -> dict:
+    """The float32 tensors of a pointwise node (``POINTWISE_TENSORS``), read from its module."""
+    return {k: (None if getattr(node.module, k) is None else getattr(node.module, k).detach().float())
+            for k in POINTWISE_TENSORS.get(node.op, ())}
+
+
+def _monotone(node: Node) -> bool:
+    """Whether a chain op keeps ``sign(f(acc))`` a step function: all do, but an RPReLU with a
+    negative slope (then its values stay float ops)."""
+    return node.op != "rprelu" or bool((node.module.slope >= 0).all())
 
 
 class Lowering:
@@ -204,11 +218,8 @@ class Lowering:
         mod = node.attrs.get("module", node.name)
         op = {"op": node.op, "name": mod, "inputs": ins, "outputs": [node.name]}
         op.update({k: v for k, v in node.attrs.items() if k != "module"})
-        if node.op == "batchnorm":
-            m = node.module
-            for k, t in (("weight", m.weight), ("bias", m.bias), ("running_mean", m.running_mean),
-                         ("running_var", m.running_var)):
-                op[k] = None if t is None else self._tensor(f"{mod}.{k}", t.detach().float().numpy())
+        for k, t in _pointwise_tensors(node).items():
+            op[k] = None if t is None else self._tensor(f"{mod}.{k}", t.numpy())
         self.ops.append(op)
         self._value(node.name, "float32", node.shape)
         self.float_of[node.name] = node.name
@@ -316,7 +327,19 @@ class Lowering:
 
     @staticmethod
     def _split(chain: list[Node]):
-        """``(pre, mid, post)``: structural ops, pointwise ops, trailing flattens; None if interleaved."""
+        """``(pre, mid, post)``: structural ops, pointwise ops, trailing flattens; None if interleaved.
+
+        A positive per-channel scale right before a max pooling moves behind it: ``fl(a x)`` is
+        increasing in ``x`` for ``a > 0``, so ``max_i fl(a x_i) = fl(a max_i x_i)`` exactly."""
+        chain = list(chain)
+        i = 0
+        while i + 1 < len(chain):
+            a, b = chain[i], chain[i + 1]
+            if a.op == "scale" and b.op == "maxpool2d" and bool((a.module.scale > 0).all()):
+                chain[i], chain[i + 1] = b, a
+                i = max(0, i - 1)
+            else:
+                i += 1
         pre, mid, post = [], [], []
         for n in chain:
             if n.op in STRUCTURAL and not mid:
@@ -346,25 +369,16 @@ class Lowering:
             return
         chain, end, spec = found
         parts = self._split(chain)
-        if parts is None:
-            return
+        if parts is None or not all(_monotone(n) for n in chain):
+            return  # the values stay float ops, computed as the model computes them
         if spec["kind"] == "sign":
             self._fuse_threshold(node, parts, end, spec)
         elif node.name in self.acc_of:
             self._fuse_requantize(node, parts, end, spec)
 
     def _pointwise_params(self, nodes: list[Node]) -> list[tuple[dict, dict]]:
-        out = []
-        for n in nodes:
-            op = {"op": n.op, **{k: v for k, v in n.attrs.items() if k != "module"}}
-            params = {}
-            if n.op == "batchnorm":
-                m = n.module
-                params = {k: (None if t is None else t.detach().float()) for k, t in (
-                    ("weight", m.weight), ("bias", m.bias), ("running_mean", m.running_mean),
-                    ("running_var", m.running_var))}
-            out.append((op, params))
-        return out
+        return [({"op": n.op, **{k: v for k, v in n.attrs.items() if k != "module"}}, _pointwise_tensors(n))
+                for n in nodes]
 
     def _fuse_threshold(self, node: Node, parts, end: str, spec: dict) -> None:
         pre, mid, post = parts
@@ -396,6 +410,8 @@ class Lowering:
     def _fuse_requantize(self, node: Node, parts, end: str, spec: dict) -> None:
         pre, mid, post = parts
         acc = self.acc_of[node.name]
+        if any(n.op in POINTWISE_TENSORS and n.op != "batchnorm" for n in mid):
+            return  # the binary-network blocks fold only into sign thresholds
         bns = [n for n in mid if n.op == "batchnorm"]
         if any(n.op == "batchnorm" for n in mid[len(bns):]):
             return  # a clamp before a BatchNorm is not one affine map + clamp

@@ -34,10 +34,13 @@ from torch.fx.node import map_aggregate
 from torchvision.ops import StochasticDepth, stochastic_depth
 
 from qat.export.errors import ExportError
+from qat.quant.binary_blocks import ChannelScale, ChannelShift, RPReLU
 from qat.quant.layers import QuantConv2d, QuantLinear
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)  # QuantConv2d / QuantConvBn2d / QuantLinear subclass these
 BATCHES = (2, 3)
+#: the better-binary-network blocks (bnn's options): leaves, each one per-channel float pointwise op
+BLOCK_OPS = {ChannelScale: "scale", ChannelShift: "shift", RPReLU: "rprelu"}
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Node:
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (QuantConv2d, QuantLinear)):
+        if isinstance(m, (QuantConv2d, QuantLinear)) or type(m) in BLOCK_OPS:
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -134,6 +137,10 @@ def _unary(input, inplace=False):  # noqa: A002 - an activation without paramete
     ...
 
 
+def _channel_block(input, op):  # noqa: A002 - a bnn block (its per-channel tensors are the module's)
+    ...
+
+
 def _module_call(m: nn.Module) -> tuple[object, dict] | None:
     """``(canonical function, keyword arguments)`` that a leaf module computes, or None."""
     if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d, StochasticDepth)):
@@ -142,6 +149,8 @@ def _module_call(m: nn.Module) -> tuple[object, dict] | None:
         if not m.track_running_stats or m.running_mean is None:
             raise _Unsupported("BatchNorm without running statistics does not export")
         return _batchnorm, {"eps": m.eps}
+    if type(m) in BLOCK_OPS:
+        return _channel_block, {"op": BLOCK_OPS[type(m)]}
     if isinstance(m, nn.Hardtanh):  # ReLU6 too
         return _hardtanh, {"min_val": m.min_val, "max_val": m.max_val}
     unary = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
@@ -228,6 +237,8 @@ def canonical(fn, a: dict, ins: list[str], shapes: dict, shape: tuple) -> tuple[
         return a.get("op") or a["__name__"], {}  # a module's op, or the function / method name
     if fn is _batchnorm:
         return "batchnorm", {"eps": float(a["eps"])}
+    if fn is _channel_block:
+        return a["op"], {}
     if fn is _relu6:
         return "hardtanh", {"min_val": 0.0, "max_val": 6.0}
     if fn is _hardtanh:

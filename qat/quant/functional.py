@@ -50,6 +50,7 @@ __all__ = [
     "minmax_quantize_codes",
     "sign_ste",
     "stochastic_sign_ste",
+    "approx_sign",
     "sign_codes",
     "binary_weight",
     "binary_weight_codes",
@@ -274,6 +275,34 @@ def stochastic_sign_ste(x: Tensor, generator: Optional[torch.Generator] = None) 
     Backward: as :func:`sign_ste`, ``dq/dx = 1[|x| <= 1]``.
     """
     return _SignSTE.apply(x, True, generator)
+
+
+class _ApproxSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x)
+        return sign0(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (2 - 2 * x.abs()).clamp_(min=0)
+
+
+def approx_sign(x: Tensor) -> Tensor:
+    """Sign with Bi-Real Net's piecewise-polynomial gradient (Liu et al. 2018, "Bi-Real Net:
+    Enhancing the Performance of 1-bit CNNs", Sec. 3.2, ApproxSign).
+
+    Forward:  ``q = sign0(x)`` in ``{-1, +1}`` (``sign(0) = +1``), as :func:`sign_ste`.
+    Backward: the derivative of the piecewise quadratic that approximates sign,
+    ``F(x) = -1 (x < -1); 2x + x^2 (-1 <= x < 0); 2x - x^2 (0 <= x < 1); 1 (x >= 1)``::
+
+        dq/dx = 2 - 2|x|   for |x| < 1,   else 0
+
+    a closer fit to sign's (Dirac) derivative than the straight-through box ``1[|x| <= 1]``.
+    """
+    return _ApproxSign.apply(x)
 
 
 def sign_codes(x: Tensor) -> Codes:

@@ -500,27 +500,38 @@ class SignQuant(Quantizer):
     weights; STE with cancellation ``1[|x| <= 1]``).
 
     ``stochastic=True`` uses :func:`~qat.quant.functional.stochastic_sign_ste`
-    in training mode only; eval and ``quantize`` are deterministic.
+    in training mode only; eval and ``quantize`` are deterministic. ``grad="approx"`` uses
+    :func:`~qat.quant.functional.approx_sign` (Bi-Real's ApproxSign gradient; same forward).
     Codes: ``{-1, +1}`` int8, ``scale = 1``, ``zero_point = 0`` (kind ``sign``).
     """
 
     kind = "sign"
     bits = 1
+    GRADIENTS = ("ste", "approx")
 
-    def __init__(self, stochastic: bool = False) -> None:
+    def __init__(self, stochastic: bool = False, grad: str = "ste") -> None:
         super().__init__()
+        if grad not in self.GRADIENTS:
+            raise ValueError(f"SignQuant: grad must be one of {self.GRADIENTS} ('approx' is Bi-Real's "
+                             f"ApproxSign), got {grad!r}")
+        if stochastic and grad != "ste":
+            raise ValueError("SignQuant: stochastic binarization has the straight-through gradient only; "
+                             "use grad='ste' with stochastic=True")
         self.stochastic = bool(stochastic)
+        self.grad = grad
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stochastic and self.training:
             return QF.stochastic_sign_ste(x)
+        if self.grad == "approx":
+            return QF.approx_sign(x)
         return QF.sign_ste(x)
 
     def quantize(self, x: Tensor) -> Codes:
         return QF.sign_codes(x)
 
     def extra_repr(self) -> str:
-        return f"stochastic={self.stochastic}"
+        return f"stochastic={self.stochastic}" + (f", grad={self.grad!r}" if self.grad != "ste" else "")
 
 
 class BinaryWeightQuant(Quantizer):
