@@ -122,9 +122,11 @@ def test_scheduled_recipes_need_their_information():
         qat.recipe("qat_uint8").on_train_start(model, total_steps=float("inf"))
     admm = qat.recipe("admm_ternary", first="quant", last="quant")
     ternary = admm.prepare(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
-    with pytest.raises(ValueError, match="rho_growth=null grows rho"):
+    with pytest.raises(ValueError, match="the ADMM phase, projected phase and rho schedule are shares of the whole run"):
         admm.on_train_start(ternary)
-    qat.recipe("admm_ternary", rho_growth=1.1, first="quant", last="quant").on_train_start(ternary)
+    # fixed steps throughout (no projected phase, a fixed update period and rho growth): no length needed
+    qat.recipe("admm_ternary", rho_growth=1.1, update_every=10, finetune=None, first="quant",
+               last="quant").on_train_start(ternary)
 
 
 def test_export_callback_says_what_it_needs_before_training(tmp_path):
