@@ -79,13 +79,17 @@ def is_quantized(model: nn.Module) -> bool:
 
 def export_model(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int, int, int],
                  normalization: dict, recipe=None, meta: dict | None = None,
-                 ternary_packing: str = "bits", onnx: bool | None = None) -> ExportResult:
+                 ternary_packing: str = "bits", onnx: bool | None = None, onnx_form: str = "exact") -> ExportResult:
     """Export ``model`` (prepared, in its deployed form: ``recipe.finalize`` already applied).
 
     ``input_shape`` is ``(C, H, W)``; ``normalization`` holds the per-channel ``mean`` and ``std`` that
     map uint8 pixels to the model's input. ``onnx``: also write ``model.onnx`` (None: when the model
-    is integer-affine, i.e. qat_uint8).
+    is integer-affine, i.e. qat_uint8). ``onnx_form``: ``"exact"``, the runtime's integer arithmetic
+    (``qat.export.onnx_export``), or ``"qdq"``, the layout onnxruntime fuses into ``QLinearConv``
+    (faster, further from the model: ``qat.export.onnx_qdq``).
     """
+    if onnx_form not in ("exact", "qdq"):
+        raise ValueError(f"onnx_form must be 'exact' or 'qdq', got {onnx_form!r}")
     if not is_quantized(model):
         raise ExportError("the model has no quantized layer (quant=fp32?): there is nothing to export as "
                           "integers; train with a quantized recipe (bnn, bwn, twn, admm_ternary, qat_uint8, "
@@ -123,9 +127,11 @@ def export_model(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[in
         onnx = recipe_info.get("name") == "qat_uint8"
     if onnx:
         from qat.export.onnx_export import OnnxUnsupported, to_onnx
+        from qat.export.onnx_qdq import to_qdq_onnx
 
         try:
-            files[ONNX] = to_onnx(model, nodes, input_name, output_name, (c, h, w))
+            files[ONNX] = (to_onnx(manifest, tensors) if onnx_form == "exact" else
+                           to_qdq_onnx(model, nodes, input_name, output_name, (c, h, w)))
         except OnnxUnsupported as err:
             log.warning("no ONNX export: %s", err)
     sizes = {k: len(v) for k, v in files.items()}

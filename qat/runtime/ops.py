@@ -167,6 +167,7 @@ class Layer(Op):
             zw = np.zeros(1, np.int64) if zw is None else zw.numpy().astype(np.int64)
             zw = np.broadcast_to(zw.reshape(-1), (o,)).copy()
             _, zx = Q.scale_and_zero_point(self.in_spec)
+            self.int_codes, self.int_zero = codes, zw  # OHWI / OI int64 and [O]; the ONNX form reads them
             if self.groups > 1:
                 self.kernel = kernels.GroupedIntMatmul(codes.reshape(o, -1), zw, zx, self.groups, i)
             else:

@@ -71,10 +71,10 @@ def check(tmp_path, name: str, recipe: str):
 
         assert res.onnx is not None
         onnx_out = run(session(res.onnx, threads=1), x)
-        # model.onnx rounds the bias to the accumulator's unit (f = 0): further from the model than the
-        # runtime; on two-step networks with near-equal logits top-1 agreement is no test of the
-        # graph, so its logits are bounded instead (agreement on CIFAR-10: BENCHMARKS.md)
-        assert (onnx_out - ref).abs().max() <= 0.15 * (ref.max() - ref.min())
+        # model.onnx computes the runtime's integers; only float ops (sigmoid, means) may differ in
+        # the last bit (tests/export/test_onnx.py checks every value)
+        assert agreement(onnx_out, out) == 1.0
+        assert agreement(onnx_out, ref) >= UINT8_AGREEMENT.get(name, 0.99)
     else:  # signed sums: float rounding only
         assert agreement(out, ref) == 1.0
         assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
