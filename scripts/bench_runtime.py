@@ -9,7 +9,7 @@ onnxruntime, side by side in one process, interleaved rounds, median images/s (o
   against ``F.conv2d`` fp32 on channels_last tensors;
 * networks: bnn VGG-small (width 1.0), bnn ResNet-20, qat_uint8 ResNet-20, CIFAR-10 sized
   (3x32x32): ``qat.runtime`` (native) against PyTorch fp32 eager (channels_last) of the same
-  architecture, and, for qat_uint8, onnxruntime on the export's model.onnx. Speed does not depend on
+  architecture, and, for qat_uint8, onnxruntime on the export's QDQ model.onnx. Speed does not depend on
   the weights' values: the exports are of calibrated, untrained models (random BatchNorm statistics,
   observers calibrated on random batches: ``tests/export/models.deployed``). Each network's native
   output is checked against the reference runtime on the same batch before timing.
@@ -130,7 +130,7 @@ def network_case(name: str, folder: Path, batches, rounds: int, secs: float, ref
     recipe, build = NETWORKS[name]
     m, r = deployed("", recipe, net=build(), shape=(3, 32, 32))
     res = export_model(m, folder, input_shape=(3, 32, 32), normalization=NORM, recipe=r,
-                       onnx=recipe == "qat_uint8")
+                       onnx=recipe == "qat_uint8", onnx_form="qdq")  # onnxruntime's fastest form
     native, ref = load(res.folder), load(res.folder, backend="reference")
     fp32 = build().eval().to(memory_format=torch.channels_last)
     x_all = torch.randn(max(batches), 3, 32, 32, generator=torch.Generator().manual_seed(0))

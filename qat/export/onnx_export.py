@@ -5,7 +5,7 @@ The graph is built from the lowered manifest (not from the model), op by op:
 
 | manifest op | ONNX |
 | --- | --- |
-| ``quantize`` (affine) | ``Mul(x, fl32(1/S))``, ``Clip``, ``QuantizeLinear(scale 1, Z)``: ``round_half_even(x fl(1/S)) + Z`` |
+| ``quantize`` (affine) | ``Mul(x, fl32(1/S))``, ``Clip``, ``QuantizeLinear(scale 1, Z)`` |
 | ``conv2d`` / ``linear``, ``compute: int`` | ``ConvInteger`` / ``MatMulInteger`` (uint8 x uint8, exact int32) |
 | ``requantize`` | int64 ``Mul``, ``Add``, floor shift (``Mod``, ``Sub``, ``Div``), ``Add(Z)``, ``Clip``, ``Cast`` |
 | ``dequantize`` | ``Cast``, ``Mul(scale)``, ``Add(bias)`` in float64 (float32 where the runtime uses it) |
@@ -216,7 +216,8 @@ class _Graph:
             else:
                 self.add("Add", [y, self.channel("bias", _np(rt.bias), r, np.float32)], out)
             return
-        y = self.add("Mul", [self.add("Cast", [x], to=self.tp.DOUBLE), self.channel("scale", _np(rt.scale), r, np.float64)])
+        y = self.add("Mul", [self.add("Cast", [x], to=self.tp.DOUBLE),
+                             self.channel("scale", _np(rt.scale), r, np.float64)])
         if rt.bias is not None:
             y = self.add("Add", [y, self.channel("bias", _np(rt.bias).astype(np.float64), r, np.float64)])
         self.add("Cast", [y], out, to=self.tp.FLOAT)
