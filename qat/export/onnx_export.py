@@ -145,9 +145,10 @@ class _Graph:
         ``Z0`` for every channel (onnxruntime takes no per-channel one), then ``+ (Z0 - Zw[o]) * S``,
         ``S`` the window sum of ``x - Zx`` (exact in float32 below 2^24)."""
         xu, zx = self.as_uint8(x, rt.in_spec, who)
-        codes, zw = rt.int_codes, rt.int_zero.astype(np.int64)
+        shift = 128 if rt.int_codes.min(initial=0) < 0 else 0  # int8 codes as uint8, zero points with them
+        codes, zw = rt.int_codes + shift, rt.int_zero.astype(np.int64) + shift
         if codes.min(initial=0) < 0 or codes.max(initial=0) > 255:
-            raise OnnxUnsupported(f"{who}: weight codes outside [0, 255] have no uint8 ONNX form")
+            raise OnnxUnsupported(f"{who}: weight codes wider than 8 bits have no ONNX integer form")
         k = int(np.prod(codes.shape[1:]))
         if k * 255 * 255 >= (1 << 31) or k * 255 >= MAX_WINDOW_SUM:
             raise OnnxUnsupported(f"{who}: {k} products per output may overflow onnxruntime's int32 sums")

@@ -25,14 +25,18 @@ def every_value(onnx_path, names: list[str], x: torch.Tensor) -> dict[str, torch
     return {n: torch.from_numpy(v) for n, v in zip(names, outs)}
 
 
-@pytest.mark.parametrize("model", ["resnet20", "vgg_small", "mlp"])
-def test_onnx_computes_the_runtime_integers(tmp_path, model):
-    m, r = deployed(model, "qat_uint8")
-    res = export_model(m, tmp_path / "e", input_shape=SHAPE, normalization=NORM, recipe=r)
+@pytest.mark.parametrize(("model", "recipe"), [("resnet20", "qat_uint8"), ("vgg_small", "qat_uint8"),
+                                             ("mlp", "qat_uint8"), ("resnet20", "linear")])
+def test_onnx_computes_the_runtime_integers(tmp_path, model, recipe):
+    m, r = deployed(model, recipe)
+    res = export_model(m, tmp_path / "e", input_shape=SHAPE, normalization=NORM, recipe=r, onnx=True)
     assert res.onnx is not None and res.onnx.is_file()
     kinds = {n.op_type for n in onnx.load(str(res.onnx)).graph.node}
-    assert {"QuantizeLinear", "ConvInteger" if model != "mlp" else "MatMulInteger"} <= kinds
-    assert "ReduceSum" in kinds  # per-channel weight zero points: the window-sum correction runs
+    assert ("ConvInteger" if model != "mlp" else "MatMulInteger") in kinds
+    if recipe == "qat_uint8":  # per-channel weight zero points: the window-sum correction runs
+        assert {"QuantizeLinear", "ReduceSum"} <= kinds
+    else:  # int8 codes, floor(x 2^sf + 0.5), float BatchNorm
+        assert {"Floor", "BatchNormalization"} <= kinds
     x = inputs(64)
     env = load(res.folder).run(x, keep=True)
     names = [v for op in res.manifest["ops"] for v in op["outputs"]]
@@ -41,8 +45,8 @@ def test_onnx_computes_the_runtime_integers(tmp_path, model):
     assert len(integer) >= 4
     for v in names:
         assert got[v].dtype == env[v].dtype and got[v].shape == env[v].shape, v
-    # codes and accumulators are exact; a float op of onnxruntime's (pooling mean) may differ from
-    # torch's in the last bit, which could move a later code by one step: none does here
+    # codes and accumulators are exact; a float op of onnxruntime's (BatchNorm, pooling mean) may
+    # differ from torch's in the last bit, which could move a later code by one step: none does here
     assert all(torch.equal(got[v], env[v]) for v in integer)
     out = got[res.manifest["output"]]
     assert torch.equal(out, env[res.manifest["output"]])
