@@ -1,5 +1,6 @@
-"""ONNX form of an integer-affine export (qat_uint8): the manifest's operations, each computed in ONNX
-as ``qat.runtime`` computes it, so onnxruntime gives the runtime's codes and accumulators exactly.
+"""ONNX form of an integer-affine export (qat_uint8, and linear with ``onnx=True``): the manifest's
+operations, each computed in ONNX as ``qat.runtime`` computes it, so onnxruntime gives the runtime's
+codes and accumulators exactly.
 
 The graph is built from the lowered manifest (not from the model), op by op:
 
@@ -49,11 +50,11 @@ def _code_np_dtype(spec: dict):
 class _Graph:
     """The ONNX nodes and initializers of one export, built op by op."""
 
-    def __init__(self, manifest: dict, tensors: dict):
+    def __init__(self, manifest: dict):
         from onnx import TensorProto
 
         self.tp = TensorProto
-        self.manifest, self.tensors, self.values = manifest, tensors, manifest["values"]
+        self.values = manifest["values"]
         self.nodes, self.inits = [], []
         self.n = 0
 
@@ -340,7 +341,7 @@ def to_onnx(manifest: dict, tensors: dict) -> bytes:
     except ImportError as err:  # optional dependency
         raise OnnxUnsupported(f"the onnx package is not installed ({err}); pip install onnx") from None
 
-    g = _Graph(manifest, tensors)
+    g = _Graph(manifest)
     values = manifest["values"]
     for op in manifest["ops"]:
         g.emit(op, OPS[op["op"]](op, tensors, values))
