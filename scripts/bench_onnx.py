@@ -34,6 +34,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1.0, help="per timing")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    torch.manual_seed(0)  # the network's initial weights
     m, r = deployed("", "qat_uint8", net=resnet20(10, 3, (32, 32)), shape=(3, 32, 32))
     x = torch.randn(args.n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
