@@ -203,7 +203,7 @@ def main() -> None:
                 for r in map(json.loads, results.read_text().splitlines())}
     over = [f"data={args.data}", f"seed={args.seed}"]
     if args.data != "synthetic":
-        over += [f"data.root={args.data_root}", "data.download=false"]
+        over += [f"data.root={args.data_root}"] + (["data.download=false"] if args.data == "cifar10" else [])
     dm = hydra.utils.instantiate(compose_config(over, output_dir=out).data)
     dm.prepare_data()
     dm.setup("fit")
