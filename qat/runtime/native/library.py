@@ -1,8 +1,9 @@
 """The native kernel library (``_qat_kernels*.so``, built from this folder's C files by setup.py),
 loaded with ctypes, and the choice of its instruction set.
 
-``QAT_NATIVE_ISA`` = ``avx2`` | ``scalar`` forces one path of the library (default: AVX2 where the
-CPU has it). ctypes releases the GIL during each call, so threads run kernels in parallel.
+``QAT_NATIVE_ISA`` = ``avx512`` | ``avx2`` | ``scalar`` forces one path of the library (default: the
+best the CPU runs: AVX-512 with VPOPCNTDQ and VNNI, else AVX2, else scalar). ctypes releases the GIL
+during each call, so threads run kernels in parallel.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ISAS = ("avx2", "scalar")
+ISAS = ("avx512", "avx2", "scalar")  # best first
+# what each path runs, as Program.isa reports it
+ISA_NAMES = {"avx512": "avx512-vpopcntdq+vnni", "avx2": "avx2", "scalar": "scalar"}
 ERRORS = {-1: "a size or argument is out of range or inconsistent",
           -2: "a value does not fit the kernel's arithmetic"}
 U8, I8, I16, I32 = 0, 1, 2, 3
@@ -61,6 +64,10 @@ _RQ = ctypes.POINTER(Requant)
 _SIGNATURES = {
     "qat_api_version": ([], ctypes.c_int),
     "qat_cpu_has_avx2": ([], ctypes.c_int),
+    "qat_cpu_has_avx512": ([], ctypes.c_int),
+    "qat_int8_weight_bytes": ([_G], ctypes.c_int64),
+    "qat_int8_conv_scratch_bytes": ([_G], ctypes.c_int64),
+    "qat_int8_pack_weights": ([_G, _P, _P, _P], ctypes.c_int),
     "qat_conv_geom_check": ([_G], ctypes.c_int),
     "qat_pool_geom_check": ([_PG], ctypes.c_int),
     "qat_binary_weight_words": ([_G], ctypes.c_int64),
@@ -89,6 +96,8 @@ def load_library() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(str(path))
     for name, (args, res) in _SIGNATURES.items():
+        if name.endswith(("_avx2", "_avx512")) and not hasattr(lib, name):
+            continue  # a build for another architecture has the scalar path only
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res
     if lib.qat_api_version() != 1:
@@ -101,7 +110,8 @@ def available_isas() -> tuple[str, ...]:
     lib = load_library()
     if lib is None:
         return ()
-    return ISAS if lib.qat_cpu_has_avx2() else ("scalar",)
+    return tuple(isa for isa, ok in (("avx512", lib.qat_cpu_has_avx512()), ("avx2", lib.qat_cpu_has_avx2()),
+                                     ("scalar", 1)) if ok)
 
 
 def default_isa() -> str | None:

@@ -6,6 +6,12 @@
 
 #define QAT_MAX_ELEMS ((int64_t)1 << 40) /* any one buffer: far above a real network, far below overflow */
 
+/* the reduction length of the int8 (VNNI) layout: K = kh kw c_in rounded up to a multiple of 4 */
+static inline int64_t qat_int8_k4(const qat_conv_geom *g)
+{
+    return ((int64_t)g->kh * g->kw * g->c_in + 3) / 4 * 4;
+}
+
 static inline int64_t qat_floor_shift(int64_t v, int n)
 {
     /* floor(v / 2^n) without relying on >> of a negative number (implementation-defined in C99) */

@@ -49,6 +49,20 @@ def test_inconsistent_sizes_are_refused():
         assert fn(bad_out, L.ptr(x), L.ptr(w), L.ptr(acc), None, None, None, 0, 4) == L.QAT_EARG
         assert fn(good, L.ptr(x), L.ptr(w), L.ptr(acc), None, None, None, 0, 5) == L.QAT_EARG  # rows
         assert fn(good, L.ptr(x), L.ptr(w), None, None, None, None, 0, 4) == L.QAT_EARG  # no output
+    if "avx512" in L.available_isas():  # the VNNI kernel: sizes, and the zero point's byte
+        g = L.ConvGeom(1, 4, 4, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4)
+        codes = torch.zeros(16, 72, dtype=torch.int32)
+        w8 = torch.zeros(int(lib.qat_int8_weight_bytes(g)), dtype=torch.int8)
+        assert lib.qat_int8_pack_weights(g, L.ptr(codes), None, L.ptr(w8)) == 0
+        assert lib.qat_int8_pack_weights(g, L.ptr(codes.fill_(300)), None, L.ptr(w8)) == L.QAT_ERANGE
+        xu = torch.zeros(1, 4, 4, 8, dtype=torch.uint8)
+        scratch = torch.zeros(int(lib.qat_int8_conv_scratch_bytes(g)), dtype=torch.uint8)
+        run = lambda geom, zx, r1: lib.qat_int_conv2d_avx512(geom, L.ptr(xu), L.U8, zx, L.ptr(w8), L.ptr(scratch),
+                                                            L.ptr(acc), None, None, 0, r1)
+        assert run(g, 3, 4) == 0
+        assert run(g, -1, 4) == L.QAT_ERANGE  # uint8 codes with a negative zero point
+        assert run(bad_out, 3, 4) == L.QAT_EARG
+        assert run(g, 3, 5) == L.QAT_EARG
     with pytest.raises(L.NativeError, match="out of range or inconsistent"):
         L.check(lib.qat_pack_signs(L.ptr(x), -1, 8, L.ptr(w)), "pack")
 

@@ -1,0 +1,126 @@
+/* Binary (XNOR-popcount) convolution, AVX-512 path: VPOPCNTDQ counts the bits of 8 words in one
+ * instruction, so a 64-bit XOR-popcount-accumulate costs 3 vector instructions per 8 words and 16
+ * output channels' words fill 2 zmm. Register block: QAT_B512_PIXELS output pixels x 16 output
+ * channels (8 zmm accumulators of u64 counts); each weight vector loaded is used by every pixel of
+ * the block, each broadcast activation word by 16 channels. Padding, the reduction rows and the
+ * output stage are those of the scalar path (qat_internal.h), the threshold compare vectorised. */
+#include "qat_internal.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+
+#define QAT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")))
+#define QAT_B512_PIXELS 4
+#define XOR_AND 0x28 /* vpternlogq immediate of (a ^ b) & c */
+
+/* the counts of 4 pixels (rows r0..r3, masks m0..m3 or none) against the 16 channels of one weight
+ * block: t[2 p], t[2 p + 1] = channels 0..7, 8..15 of pixel p */
+QAT_AVX512 static inline void counts4(const uint64_t *const *rp, const uint64_t *const *mp,
+                                      const uint64_t *w, int64_t nw, __m512i *t)
+{
+    __m512i t0 = _mm512_setzero_si512(), t1 = t0, t2 = t0, t3 = t0, t4 = t0, t5 = t0, t6 = t0, t7 = t0;
+    const uint64_t *r0 = rp[0], *r1 = rp[1], *r2 = rp[2], *r3 = rp[3];
+    int64_t j;
+    if (mp) {
+        const uint64_t *m0 = mp[0], *m1 = mp[1], *m2 = mp[2], *m3 = mp[3];
+#define QAT_MSTEP(ta, tb, r, m)                                                                        \
+    do {                                                                                               \
+        __m512i a = _mm512_set1_epi64((long long)r[j]), mm = _mm512_set1_epi64((long long)m[j]);      \
+        ta = _mm512_add_epi64(ta, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(a, w0, mm, XOR_AND))); \
+        tb = _mm512_add_epi64(tb, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(a, w1, mm, XOR_AND))); \
+    } while (0)
+        for (j = 0; j < nw; j++) {
+            __m512i w0 = _mm512_loadu_si512(w + j * QAT_OC_BLOCK), w1 = _mm512_loadu_si512(w + j * QAT_OC_BLOCK + 8);
+            QAT_MSTEP(t0, t1, r0, m0);
+            QAT_MSTEP(t2, t3, r1, m1);
+            QAT_MSTEP(t4, t5, r2, m2);
+            QAT_MSTEP(t6, t7, r3, m3);
+        }
+#undef QAT_MSTEP
+    } else {
+#define QAT_STEP(ta, tb, r)                                                                            \
+    do {                                                                                               \
+        __m512i a = _mm512_set1_epi64((long long)r[j]);                                               \
+        ta = _mm512_add_epi64(ta, _mm512_popcnt_epi64(_mm512_xor_si512(a, w0)));                       \
+        tb = _mm512_add_epi64(tb, _mm512_popcnt_epi64(_mm512_xor_si512(a, w1)));                       \
+    } while (0)
+        for (j = 0; j < nw; j++) {
+            __m512i w0 = _mm512_loadu_si512(w + j * QAT_OC_BLOCK), w1 = _mm512_loadu_si512(w + j * QAT_OC_BLOCK + 8);
+            QAT_STEP(t0, t1, r0);
+            QAT_STEP(t2, t3, r1);
+            QAT_STEP(t4, t5, r2);
+            QAT_STEP(t6, t7, r3);
+        }
+#undef QAT_STEP
+    }
+    t[0] = t0, t[1] = t1, t[2] = t2, t[3] = t3, t[4] = t4, t[5] = t5, t[6] = t6, t[7] = t7;
+}
+
+/* Output stage of one pixel and the block of channels oc0 .. oc0 + 15: acc = nvalid - 2 count as
+ * 16 int32, stored, or compared with the thresholds into 16 bits of the pixel's packed words (which
+ * the caller zeroed). */
+QAT_AVX512 static inline void emit16(const qat_conv_geom *g, int64_t pixel, int32_t oc0, int32_t nvalid,
+                                     __m512i lo, __m512i hi, int32_t *acc, const int32_t *T,
+                                     const int8_t *dir, uint64_t *bits)
+{
+    int32_t m = g->c_out - oc0 < QAT_OC_BLOCK ? g->c_out - oc0 : QAT_OC_BLOCK;
+    __mmask16 keep = (__mmask16)((1u << m) - 1u);
+    __m512i cnt = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)),
+                                     _mm512_cvtepi64_epi32(hi), 1);
+    __m512i v = _mm512_sub_epi32(_mm512_set1_epi32(nvalid), _mm512_slli_epi32(cnt, 1));
+    if (acc) {
+        _mm512_mask_storeu_epi32(acc + pixel * g->c_out + oc0, keep, v);
+    } else {
+        __mmask16 ge = _mm512_cmpge_epi32_mask(v, _mm512_maskz_loadu_epi32(keep, T + oc0));
+        __mmask16 down = _mm_movepi8_mask(_mm_maskz_loadu_epi8(keep, dir + oc0));
+        uint64_t on = (uint64_t)(uint16_t)((ge ^ down) & keep);
+        bits[pixel * qat_sign_words(g->c_out) + oc0 / 64] |= on << (oc0 % 64);
+    }
+}
+
+QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                                        int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                                        int32_t row0, int32_t row1)
+{
+    uint64_t rows[QAT_B512_PIXELS][QAT_ROW_WORDS], masks[QAT_B512_PIXELS][QAT_ROW_WORDS];
+    int64_t rw, cwo, nblk;
+    int32_t r;
+    if (qat_rows_check(g, row0, row1) != QAT_OK || !x || !w || (!acc == !bits) || (bits && (!T || !dir)))
+        return QAT_EARG;
+    rw = qat_binary_row_words(g);
+    if (rw > QAT_ROW_WORDS)
+        return QAT_EARG;
+    cwo = qat_sign_words(g->c_out);
+    nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;
+    for (r = row0; r < row1; r++) {
+        int32_t img = r / g->ho, oy = r % g->ho, ox;
+        for (ox = 0; ox < g->wo; ox += QAT_B512_PIXELS) {
+            int32_t np = g->wo - ox < QAT_B512_PIXELS ? g->wo - ox : QAT_B512_PIXELS, p;
+            int32_t nvalid[QAT_B512_PIXELS];
+            const uint64_t *rp[QAT_B512_PIXELS], *mp[QAT_B512_PIXELS];
+            int all_full = 1;
+            for (p = 0; p < QAT_B512_PIXELS; p++) {
+                int full = 1;
+                if (p < np)
+                    nvalid[p] = qat_window_row(g, x, img, oy, ox + p, rows[p], masks[p], &full) * g->c_in;
+                all_full &= full;
+                /* a partial block counts copies of its first pixel and emits only its own */
+                rp[p] = rows[p < np ? p : 0];
+                mp[p] = masks[p < np ? p : 0];
+            }
+            if (bits)
+                for (int64_t j = 0; j < np * cwo; j++)
+                    bits[((int64_t)r * g->wo + ox) * cwo + j] = 0;
+            for (int64_t b = 0; b < nblk; b++) {
+                __m512i t[2 * QAT_B512_PIXELS];
+                counts4(rp, all_full ? NULL : mp, w + b * rw * QAT_OC_BLOCK, rw, t);
+                for (p = 0; p < np; p++)
+                    emit16(g, (int64_t)r * g->wo + ox + p, (int32_t)b * QAT_OC_BLOCK, nvalid[p], t[2 * p],
+                           t[2 * p + 1], acc, T, dir, bits);
+            }
+        }
+    }
+    return QAT_OK;
+}
+
+#endif
