@@ -86,15 +86,20 @@ def layer_case(c: int, size: int, batch: int, isa: str, rounds: int, secs: float
     # 8-bit operands
     xu = torch.randint(0, 256, (batch, size, size, c), generator=g, dtype=torch.uint8)
     wi = torch.randint(-127, 128, (c, 3 * 3 * c), generator=g, dtype=torch.int32)
-    wq = torch.zeros(int(lib.qat_int_weight_elems(g1)), dtype=torch.int16)
-    L.check(lib.qat_int_pack_weights(g1, L.ptr(wi), None, L.ptr(wq)), "pack int w")
+    if isa == "avx512":  # the VNNI kernel reads int8 weights
+        wq = torch.zeros(int(lib.qat_int8_weight_bytes(g1)), dtype=torch.int8)
+        L.check(lib.qat_int8_pack_weights(g1, L.ptr(wi), None, L.ptr(wq)), "pack int8 w")
+        scratch_n, scratch_t = int(lib.qat_int8_conv_scratch_bytes(g1)), torch.uint8
+    else:
+        wq = torch.zeros(int(lib.qat_int_weight_elems(g1)), dtype=torch.int16)
+        L.check(lib.qat_int_pack_weights(g1, L.ptr(wi), None, L.ptr(wq)), "pack int w")
+        scratch_n, scratch_t = int(lib.qat_int_conv_scratch_elems(g1)), torch.int16
     keep = (torch.full((c,), 1 << 30, dtype=torch.int32), torch.full((c,), 40, dtype=torch.int8),
             torch.zeros(c, dtype=torch.int32), torch.zeros(c, dtype=torch.int8))
     rq = L.Requant(*(t.data_ptr() for t in keep), 0, 0, 255, L.U8)
     out8 = torch.empty(batch, size, size, c, dtype=torch.uint8)
     iconv = getattr(lib, f"qat_int_conv2d_{isa}")
-    scratch_n = int(lib.qat_int_conv_scratch_elems(g1))
-    scratches = [torch.empty(scratch_n, dtype=torch.int16) for _ in range(8)]
+    scratches = [torch.empty(scratch_n, dtype=scratch_t) for _ in range(8)]
 
     def binary_acc():
         parallel_rows(lambda a, b: L.check(bconv(geom, L.ptr(xb), L.ptr(wb), L.ptr(acc), None, None, None, a, b),
@@ -126,12 +131,13 @@ NETWORKS = {
 }
 
 
-def network_case(name: str, folder: Path, batches, rounds: int, secs: float, reference: bool = False) -> list[dict]:
+def network_case(name: str, folder: Path, batches, rounds: int, secs: float, isa: str,
+                 reference: bool = False) -> list[dict]:
     recipe, build = NETWORKS[name]
     m, r = deployed("", recipe, net=build(), shape=(3, 32, 32))
     res = export_model(m, folder, input_shape=(3, 32, 32), normalization=NORM, recipe=r,
                        onnx=recipe == "qat_uint8")
-    native, ref = load(res.folder), load(res.folder, backend="reference")
+    native, ref = load(res.folder, isa=isa), load(res.folder, backend="reference")
     fp32 = build().eval().to(memory_format=torch.channels_last)
     x_all = torch.randn(max(batches), 3, 32, 32, generator=torch.Generator().manual_seed(0))
     same = bool(torch.equal(native(x_all), ref(x_all)))
@@ -151,7 +157,8 @@ def network_case(name: str, folder: Path, batches, rounds: int, secs: float, ref
             if sess is not None:
                 fns["onnxruntime"] = lambda: ort_run(sess, x)
             rates = side_by_side(fns, rounds, secs)
-        rows.append({"network": name, "batch": b, "backend": native.backend, "native_equals_reference": same,
+        rows.append({"network": name, "batch": b, "backend": native.backend, "isa": native.isa,
+                     "native_equals_reference": same,
                      **{f"{k}_img_s": v * b for k, v in rates.items()}})
         if reference:
             rows[-1]["native_over_reference"] = rates["native"] / rates["reference"]
@@ -230,7 +237,7 @@ def main() -> int:
             if "networks" in args.part:
                 for i, name in enumerate(NETWORKS):
                     for row in network_case(name, Path(tmp) / f"net{t}_{i}", args.batches, args.rounds,
-                                            args.seconds, args.reference):
+                                            args.seconds, args.isa, args.reference):
                         row.update(part="network", threads=t)
                         print(json.dumps(row), flush=True)
                         results.append(row)

@@ -8,10 +8,142 @@
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
+#include <string.h>
 
 #define QAT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")))
 #define QAT_B512_PIXELS 4
 #define XOR_AND 0x28 /* vpternlogq immediate of (a ^ b) & c */
+
+/* ---- reduction rows of the dense layout (c_in not a multiple of 64) from row streams: the input
+ * line iy as one bit array of (pw + w + pw) c_in bits (pixels concatenated, zero padding at both
+ * ends), so that the kw positions of a window in that line are one contiguous run of kw c_in bits,
+ * copied into the reduction row in pieces of at most 57 bits (one unaligned 8-byte load each).
+ * The line's streams are built once per output row instead of one insertion per kernel position
+ * per pixel. x86-64 only (little-endian byte addressing of the words). */
+#define QAT_STREAM_WORDS 2048 /* all kh streams of one output row, and the column mask */
+#define PIECE 57
+
+static inline uint64_t get_bits(const uint64_t *s, int64_t off, int n) /* bits [off, off + n), n <= 57 */
+{
+    uint64_t v;
+    memcpy(&v, (const unsigned char *)s + (off >> 3), sizeof v);
+    return (v >> (off & 7)) & ((((uint64_t)1) << n) - 1);
+}
+
+static inline void or_bits(uint64_t *d, int64_t off, uint64_t v, int n) /* d[off, off + n) |= v */
+{
+    int64_t wi = off >> 6;
+    int sh = (int)(off & 63);
+    d[wi] |= v << sh;
+    if (sh + n > 64)
+        d[wi + 1] |= v >> (64 - sh);
+}
+
+static inline void set_ones(uint64_t *d, int64_t off, int64_t n) /* d[off, off + n) |= 1 */
+{
+    int64_t done;
+    for (done = 0; done < n; done += PIECE) {
+        int k = n - done < PIECE ? (int)(n - done) : PIECE;
+        or_bits(d, off + done, (((uint64_t)1) << k) - 1, k);
+    }
+}
+
+/* words of one stream, with a word of slack for the 8-byte loads at its end */
+static inline int64_t stream_words(const qat_conv_geom *g)
+{
+    return ((int64_t)(g->w + 2 * g->pw) * g->c_in + 63) / 64 + 1;
+}
+
+static inline int streams_fit(const qat_conv_geom *g)
+{
+    return g->dw == 1 && qat_binary_dense(g) && (g->kh + 1) * stream_words(g) <= QAT_STREAM_WORDS;
+}
+
+/* A bit writer that stores each word of its output once (no read-modify-write of words just
+ * written, whose store-to-load forwarding stalls) */
+typedef struct bitwriter {
+    uint64_t *out, cur;
+    int64_t at; /* words stored */
+    int fill;   /* bits in cur */
+} bitwriter;
+
+static inline void put_bits(bitwriter *b, uint64_t v, int n) /* n <= 64, v < 2^n */
+{
+    b->cur |= v << b->fill;
+    if (b->fill + n >= 64) {
+        b->out[b->at++] = b->cur;
+        b->cur = b->fill ? v >> (64 - b->fill) : 0;
+        b->fill += n - 64;
+    } else {
+        b->fill += n;
+    }
+}
+
+static inline void put_run(bitwriter *b, const uint64_t *s, int64_t soff, int64_t n, int zeros)
+{
+    int64_t done;
+    for (done = 0; done < n; done += PIECE) {
+        int k = n - done < PIECE ? (int)(n - done) : PIECE;
+        put_bits(b, zeros ? 0 : get_bits(s, soff + done, k), k);
+    }
+}
+
+static inline void finish(bitwriter *b, int64_t words)
+{
+    if (b->fill)
+        b->out[b->at++] = b->cur;
+    while (b->at < words)
+        b->out[b->at++] = 0;
+}
+
+/* the stream of input line (img, iy), or zeros outside the image */
+static void build_stream(const qat_conv_geom *g, const uint64_t *x, int32_t img, int32_t iy, uint64_t *s)
+{
+    int64_t sw = stream_words(g), cw = qat_sign_words(g->c_in), ix, pad = (int64_t)g->pw * g->c_in;
+    bitwriter b = {s, 0, 0, 0};
+    if (iy < 0 || iy >= g->h) {
+        finish(&b, sw);
+        return;
+    }
+    put_run(&b, s, 0, pad, 1);
+    for (ix = 0; ix < g->w; ix++) { /* the pixel's words, read whole (never past its last word) */
+        const uint64_t *src = x + (((int64_t)img * g->h + iy) * g->w + ix) * cw;
+        for (int64_t done = 0; done < g->c_in; done += 64) {
+            int k = g->c_in - done < 64 ? (int)(g->c_in - done) : 64;
+            put_bits(&b, k == 64 ? src[done / 64] : src[done / 64] & ((((uint64_t)1) << k) - 1), k);
+        }
+    }
+    finish(&b, sw);
+}
+
+/* the reduction row (and mask) of output pixel (oy, ox) from the streams of its kh lines; returns
+ * the number of valid kernel positions; no mask when *full */
+static inline int32_t stream_row(const qat_conv_geom *g, const uint64_t *streams, const uint64_t *colmask,
+                                 int32_t oy, int32_t ox, int64_t rw, uint64_t *row, uint64_t *mask, int *full)
+{
+    int64_t sw = stream_words(g), run = (int64_t)g->kw * g->c_in, start = (int64_t)ox * g->sw * g->c_in;
+    int32_t ky, vy = 0, vx = 0, kx, ix0 = ox * g->sw - g->pw;
+    bitwriter br = {row, 0, 0, 0};
+    for (kx = 0; kx < g->kw; kx++)
+        vx += ix0 + kx >= 0 && ix0 + kx < g->w;
+    for (ky = 0; ky < g->kh; ky++) {
+        int32_t iy = oy * g->sh - g->ph + ky * g->dh;
+        int in = iy >= 0 && iy < g->h;
+        vy += in;
+        put_run(&br, streams + ky * sw, start, run, !in);
+    }
+    finish(&br, rw);
+    *full = vy == g->kh && vx == g->kw;
+    if (!*full) {
+        bitwriter bm = {mask, 0, 0, 0};
+        for (ky = 0; ky < g->kh; ky++) {
+            int32_t iy = oy * g->sh - g->ph + ky * g->dh;
+            put_run(&bm, colmask, start, run, !(iy >= 0 && iy < g->h));
+        }
+        finish(&bm, rw);
+    }
+    return vy * vx;
+}
 
 /* the counts of 4 pixels (rows r0..r3, masks m0..m3 or none) against the 16 channels of one weight
  * block: t[2 p], t[2 p + 1] = channels 0..7, 8..15 of pixel p */
@@ -83,8 +215,10 @@ QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *
                                         int32_t row0, int32_t row1)
 {
     uint64_t rows[QAT_B512_PIXELS][QAT_ROW_WORDS], masks[QAT_B512_PIXELS][QAT_ROW_WORDS];
-    int64_t rw, cwo, nblk;
+    uint64_t streams[QAT_STREAM_WORDS], full_mask[QAT_ROW_WORDS];
+    int64_t rw, cwo, nblk, sw;
     int32_t r;
+    int use_streams;
     if (qat_rows_check(g, row0, row1) != QAT_OK || !x || !w || (!acc == !bits) || (bits && (!T || !dir)))
         return QAT_EARG;
     rw = qat_binary_row_words(g);
@@ -92,8 +226,22 @@ QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *
         return QAT_EARG;
     cwo = qat_sign_words(g->c_out);
     nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;
+    use_streams = streams_fit(g);
+    for (int64_t j = 0; j < rw; j++) /* the mask of a window without padding, in a masked block */
+        full_mask[j] = 0;
+    if (use_streams)
+        set_ones(full_mask, 0, (int64_t)g->kh * g->kw * g->c_in);
+    sw = stream_words(g);
+    if (use_streams) { /* the column mask: ones over the image's columns, after the kh streams */
+        uint64_t *colmask = streams + g->kh * sw;
+        memset(colmask, 0, (size_t)sw * sizeof *colmask);
+        set_ones(colmask, (int64_t)g->pw * g->c_in, (int64_t)g->w * g->c_in);
+    }
     for (r = row0; r < row1; r++) {
         int32_t img = r / g->ho, oy = r % g->ho, ox;
+        if (use_streams)
+            for (int32_t ky = 0; ky < g->kh; ky++)
+                build_stream(g, x, img, oy * g->sh - g->ph + ky * g->dh, streams + ky * sw);
         for (ox = 0; ox < g->wo; ox += QAT_B512_PIXELS) {
             int32_t np = g->wo - ox < QAT_B512_PIXELS ? g->wo - ox : QAT_B512_PIXELS, p;
             int32_t nvalid[QAT_B512_PIXELS];
@@ -101,12 +249,15 @@ QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *
             int all_full = 1;
             for (p = 0; p < QAT_B512_PIXELS; p++) {
                 int full = 1;
-                if (p < np)
+                if (p < np && use_streams)
+                    nvalid[p] = stream_row(g, streams, streams + g->kh * sw, oy, ox + p, rw, rows[p], masks[p],
+                                           &full) * g->c_in;
+                else if (p < np)
                     nvalid[p] = qat_window_row(g, x, img, oy, ox + p, rows[p], masks[p], &full) * g->c_in;
                 all_full &= full;
                 /* a partial block counts copies of its first pixel and emits only its own */
                 rp[p] = rows[p < np ? p : 0];
-                mp[p] = masks[p < np ? p : 0];
+                mp[p] = use_streams && full ? full_mask : masks[p < np ? p : 0]; /* stream_row: no mask when full */
             }
             if (bits)
                 for (int64_t j = 0; j < np * cwo; j++)
