@@ -82,6 +82,8 @@ _SIGNATURES = {
     "qat_requantize": ([_P, ctypes.c_int64, _I, _RQ, _P], ctypes.c_int),
     "qat_maxpool_i32": ([_PG, _P, _P, _I, _I], ctypes.c_int),
     "qat_maxpool_bits": ([_PG, _P, _P, _P, _I, _I], ctypes.c_int),
+    "qat_bn_constants": ([_P, _P, _P, _P, ctypes.c_float, _I, _I, _P, _P], ctypes.c_int),
+    "qat_residual_avx512": ([_P, _P, ctypes.c_int64, _I, _P, _P, _P, _P], ctypes.c_int),
 }
 for _isa in ISAS:
     _SIGNATURES[f"qat_binary_conv2d_{_isa}"] = ([_G, _P, _P, _P, _P, _P, _P, _I, _I], ctypes.c_int)
@@ -96,7 +98,7 @@ def load_library() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(str(path))
     for name, (args, res) in _SIGNATURES.items():
-        if name.endswith(("_avx2", "_avx512")) and not hasattr(lib, name):
+        if (name.endswith(("_avx2", "_avx512")) or name == "qat_bn_constants") and not hasattr(lib, name):
             continue  # a build for another architecture has the scalar path only
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res

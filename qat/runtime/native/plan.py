@@ -2,7 +2,8 @@
 
 ``NativeProgram`` walks the manifest once per mode: ``fused`` (conv -> [maxpool] -> threshold becomes
 one binary layer writing packed bits, max pooling done on the bits; int conv -> requantize one int
-layer writing codes) for speed, ``unfused`` (every manifest value computed, for ``run(keep=True)``).
+layer writing codes; on AVX-512, a ResNet block's float chain dequantize -> ... -> quantize one
+``residual.ResidualStage``) for speed, ``unfused`` (every manifest value computed, for ``run(keep=True)``).
 An op without a native kernel runs as the reference op on reference-layout inputs; values convert
 between the layouts only where a reference op meets a native one.
 """
@@ -14,6 +15,7 @@ from collections import Counter
 import torch
 
 from qat.runtime.native import ops as N
+from qat.runtime.native.residual import residual_stage
 from qat.runtime.native.values import NATIVE, reference
 
 
@@ -79,6 +81,10 @@ class NativeProgram:
                     step, used = self._binary(op, ops, i, producers, fuse)
                 elif kind in ("conv2d", "linear") and op.compute == "int":
                     step, used = self._int(op, ops, i, producers, fuse)
+                elif (kind == "dequantize" and fuse and self.isa == "avx512" and op.inputs[0] in native_i32
+                      and len(self.values[op.inputs[0]]["shape"]) == 4):
+                    gaps, step, used = residual_stage(self, ops, i, _chw(self.values, op.inputs[0])) or ([], None, 1)
+                    steps += [RefStep(g) for g in gaps]  # a shortcut the stage adds, computed first
                 elif kind == "maxpool2d" and op.inputs[0] in native_i32:
                     step = N.MaxPoolI32(self.lib, op.spec, _chw(self.values, op.inputs[0]))
                 elif kind == "threshold" and op.inputs[0] in native_i32:
