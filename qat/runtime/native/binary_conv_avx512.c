@@ -216,13 +216,10 @@ QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *
 {
     uint64_t rows[QAT_B512_PIXELS][QAT_ROW_WORDS], masks[QAT_B512_PIXELS][QAT_ROW_WORDS];
     uint64_t streams[QAT_STREAM_WORDS], full_mask[QAT_ROW_WORDS];
-    int64_t rw, cwo, nblk, sw;
+    int64_t rw = qat_binary_args_check(g, x, w, acc, T, dir, bits, row0, row1), cwo, nblk, sw;
     int32_t r;
     int use_streams;
-    if (qat_rows_check(g, row0, row1) != QAT_OK || !x || !w || (!acc == !bits) || (bits && (!T || !dir)))
-        return QAT_EARG;
-    rw = qat_binary_row_words(g);
-    if (rw > QAT_ROW_WORDS)
+    if (rw < 0)
         return QAT_EARG;
     cwo = qat_sign_words(g->c_out);
     nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;

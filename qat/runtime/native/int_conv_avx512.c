@@ -152,21 +152,21 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
                 __m512i a0v, a1v, corr0, corr1;
                 int64_t i;
                 if (b + 1 < nblk) {
+/* one pixel's broadcast dword against the block's two weight vectors */
+#define QAT_DP2(sa, sb, row)                                                                           \
+    do {                                                                                               \
+        __m512i a = bcast4(row + 4 * i);                                                               \
+        sa = _mm512_dpbusd_epi32(sa, a, v0);                                                           \
+        sb = _mm512_dpbusd_epi32(sb, a, v1);                                                           \
+    } while (0)
                     for (i = 0; i < kq; i++) {
-                        __m512i v0 = _mm512_loadu_si512(w0 + i * 64), v1 = _mm512_loadu_si512(w1 + i * 64), a;
-                        a = bcast4(a0 + 4 * i);
-                        s00 = _mm512_dpbusd_epi32(s00, a, v0);
-                        s01 = _mm512_dpbusd_epi32(s01, a, v1);
-                        a = bcast4(a1 + 4 * i);
-                        s10 = _mm512_dpbusd_epi32(s10, a, v0);
-                        s11 = _mm512_dpbusd_epi32(s11, a, v1);
-                        a = bcast4(a2 + 4 * i);
-                        s20 = _mm512_dpbusd_epi32(s20, a, v0);
-                        s21 = _mm512_dpbusd_epi32(s21, a, v1);
-                        a = bcast4(a3 + 4 * i);
-                        s30 = _mm512_dpbusd_epi32(s30, a, v0);
-                        s31 = _mm512_dpbusd_epi32(s31, a, v1);
+                        __m512i v0 = _mm512_loadu_si512(w0 + i * 64), v1 = _mm512_loadu_si512(w1 + i * 64);
+                        QAT_DP2(s00, s01, a0);
+                        QAT_DP2(s10, s11, a1);
+                        QAT_DP2(s20, s21, a2);
+                        QAT_DP2(s30, s31, a3);
                     }
+#undef QAT_DP2
                 } else {
                     for (i = 0; i < kq; i++) {
                         __m512i v0 = _mm512_loadu_si512(w0 + i * 64);

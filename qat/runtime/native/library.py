@@ -14,6 +14,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 ISAS = ("avx512", "avx2", "scalar")  # best first
 # what each path runs, as Program.isa reports it
@@ -136,11 +138,14 @@ def check(rc: int, what: str) -> None:
         raise NativeError(f"{what}: {ERRORS.get(rc, f'error {rc}')}")
 
 
-def ptr(t) -> ctypes.c_void_p:
-    """Address of a contiguous torch tensor or numpy array. The caller must hold a reference to it
-    until the kernel returns: the address alone does not keep it alive."""
-    if hasattr(t, "data_ptr"):
-        assert t.is_contiguous()
-        return ctypes.c_void_p(t.data_ptr())
-    assert t.flags["C_CONTIGUOUS"]
-    return ctypes.c_void_p(t.ctypes.data)
+def ptr(t) -> int:
+    """Address of a contiguous torch tensor or numpy array (ctypes takes it for a pointer argument).
+    The caller must hold a reference to it until the kernel returns: the address alone does not
+    keep it alive."""
+    if isinstance(t, torch.Tensor):
+        if not t.is_contiguous():
+            raise ValueError("a kernel argument must be contiguous")
+        return t.data_ptr()
+    if not t.flags["C_CONTIGUOUS"]:
+        raise ValueError("a kernel argument must be contiguous")
+    return t.ctypes.data

@@ -74,12 +74,18 @@ class _Layer(NativeOp):
         self.c_out = codes.shape[0]
         self.codes = np.ascontiguousarray(codes)
         self.k, self.s, self.p, self.d = k, s, p, d
+        self._geoms = {}
         self.ho = kernels.conv_out_size(h, k[0], s[0], p[0], d[0])
         self.wo = kernels.conv_out_size(w, k[1], s[1], p[1], d[1])
 
     def geom(self, n: int) -> L.ConvGeom:
-        c, h, w = self.in_chw
-        return L.ConvGeom(n, h, w, c, self.c_out, *self.k, *self.s, *self.p, *self.d, self.ho, self.wo)
+        """The geometry for a batch of n (kept: the same few batch sizes come back)."""
+        g = self._geoms.get(n)
+        if g is None:
+            c, h, w = self.in_chw
+            g = self._geoms[n] = L.ConvGeom(n, h, w, c, self.c_out, *self.k, *self.s, *self.p, *self.d, self.ho,
+                                            self.wo)
+        return g
 
 
 class BinaryLayer(_Layer):

@@ -53,6 +53,15 @@ class NativeProgram:
         self.readers = Counter(n for op in program.ops for n in op.inputs)
         self.readers[program.output_name] += 1  # the caller reads the output
         self.plans = {fuse: self._plan(fuse) for fuse in (True, False)}
+        self.free = self._free_lists(self.plans[True])  # values to drop after each fused step
+
+    def _free_lists(self, steps) -> list[list[str]]:
+        last = {}
+        for i, s in enumerate(steps):
+            for name in s.inputs:
+                last[name] = i
+        return [[n for n in s.inputs if last[n] == i and n != self.program.output_name]
+                for i, s in enumerate(steps)]
 
     # ----------------------------------------------------------------- planning
     def _in_chw(self, op, producers) -> tuple[int, int, int]:
@@ -143,18 +152,15 @@ class NativeProgram:
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, keep: bool) -> dict:
-        steps = self.plans[not keep]
         env = {self.program.input_name: x}
-        last = {}
-        for i, s in enumerate(steps):
-            for name in s.inputs:
-                last[name] = i
-        for i, s in enumerate(steps):
-            s.run(env)
-            if not keep:
-                for name in s.inputs:
-                    if last[name] == i and name != self.program.output_name:
-                        env.pop(name, None)
+        if keep:
+            for s in self.plans[False]:
+                s.run(env)
+        else:
+            for s, free in zip(self.plans[True], self.free):
+                s.run(env)
+                for name in free:
+                    env.pop(name, None)
         if keep:
             return {k: reference(v).contiguous() for k, v in env.items()}
         return {self.program.output_name: reference(env[self.program.output_name]).contiguous()}

@@ -82,7 +82,7 @@ class ResidualStage(NativeOp):
         q = roles.get("quantize")
         outputs = ([value] if needs_value else []) + (q.outputs if q is not None else [])
         super().__init__(inputs, outputs, f"{d.name} (fused float stage)")
-        self.lib, self.chw, self.value, self.needs_value, self.flat = lib, chw, value, needs_value, False
+        self.lib, self.chw, self.value, self.needs_value = lib, chw, value, needs_value
         c = chw[0]
         keep = []  # the arrays the structure points into
 
@@ -142,14 +142,14 @@ class ResidualStage(NativeOp):
             codes = torch.empty(n, h, w, c, dtype=self.code_dtype)
         ap, rp, op = L.ptr(acc), None if res is None else L.ptr(res), L.ptr(out)
         bp, cp = None if bits is None else L.ptr(bits), None if codes is None else L.ptr(codes)
+        cw, pref = sign_words(c), ctypes.byref(self.p)
 
         def part(r0, r1):  # rows = images x lines, as the other kernels split them
             off = r0 * w
             L.check(self.lib.qat_residual_avx512(
-                ctypes.c_void_p(ap.value + 4 * off * c), None if rp is None else ctypes.c_void_p(rp.value + 4 * off * c),
-                (r1 - r0) * w, c, ctypes.byref(self.p), ctypes.c_void_p(op.value + 4 * off * c),
-                None if bp is None else ctypes.c_void_p(bp.value + 8 * off * sign_words(c)),
-                None if cp is None else ctypes.c_void_p(cp.value + off * c)), self.name)
+                ap + 4 * off * c, None if rp is None else rp + 4 * off * c, (r1 - r0) * w, c, pref,
+                op + 4 * off * c, None if bp is None else bp + 8 * off * cw, None if cp is None else cp + off * c),
+                self.name)
 
         parallel_rows(part, n * h)
         if self.needs_value:
