@@ -9,6 +9,7 @@
 #define QAT_RES_EXACT32 1 /* dequantize in float32 (power-of-two scales), else in float64 */
 #define QAT_RES_BN 2      /* a BatchNorm y * alpha + beta follows the dequantize */
 #define QAT_RES_BN_FMA 4  /* ... computed as one fused multiply-add (as torch's kernel does here) */
+#define QAT_RES_FLOAT_IN 8 /* the input is float32 (no dequantize): acc points to floats */
 
 /* Per-channel constants (c of each) and the clamp; the optional affine quantization of the output
  * (codes of code_type QAT_U8 / QAT_I8). */
@@ -23,7 +24,7 @@ typedef struct qat_residual {
     int32_t code_type;
 } qat_residual;
 
-/* acc int32 [pixels][c] (NHWC), res float32 [pixels][c] or NULL -> out float32 [pixels][c], and at
+/* acc int32 [pixels][c] (NHWC; float32 with QAT_RES_FLOAT_IN), res float32 [pixels][c] or NULL -> out float32 [pixels][c], and at
  * most one of: bits, packed signs [pixels][ceil(c / 64)] of out >= 0; codes [pixels][c] of the
  * affine quantization. QAT_OK, or QAT_EARG for inconsistent arguments. */
 int qat_residual_avx512(const int32_t *acc, const float *res, int64_t pixels, int32_t c,

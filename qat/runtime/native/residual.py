@@ -26,7 +26,7 @@ from qat.runtime.native import library as L
 from qat.runtime.native.values import Nhwc, Packed, as_nhwc, reference, sign_words
 from qat.runtime.native.ops import NativeOp, parallel_rows
 
-EXACT32, BN, BN_FMA = 1, 2, 4  # QAT_RES_* of qat_residual.h
+EXACT32, BN, BN_FMA, FLOAT_IN = 1, 2, 4, 8  # QAT_RES_* of qat_residual.h
 
 
 class Residual(ctypes.Structure):
@@ -43,9 +43,11 @@ GAP_OPS = ("pad", "slice")
 
 
 def _match(plan, ops, i):
-    """``(roles, value, gap ops, ops used)`` of a residual chain starting at the dequantize ``ops[i]``:
-    its ops by role, the name of the chain's float value, the ops between them; or None."""
-    roles, gaps, cur, j = {"dequantize": ops[i]}, [], ops[i].outputs[0], i + 1
+    """``(roles, value, gap ops, ops used)`` of a residual chain starting at the dequantize (or, on a
+    float input, the batchnorm) ``ops[i]``: its ops by role, the name of the chain's float value, the
+    ops between them; or None."""
+    first = "dequantize" if ops[i].spec["op"] == "dequantize" else "batchnorm"
+    roles, gaps, cur, j = {first: ops[i]}, [], ops[i].outputs[0], i + 1
 
     def reader(kinds):
         k = j
@@ -55,6 +57,8 @@ def _match(plan, ops, i):
         return k if ok else None
 
     for role, kinds in (("batchnorm", ("batchnorm",)), ("add", ("add",)), ("clamp", ("relu", "hardtanh"))):
+        if role in roles:
+            continue
         k = reader(kinds)
         if k is None or (role == "add" and (len(ops[k].inputs) != 2 or ops[k].inputs[0] == ops[k].inputs[1])):
             continue
@@ -71,8 +75,9 @@ def _match(plan, ops, i):
 
 class ResidualStage(NativeOp):
     def __init__(self, lib, roles: dict, value: str, chw, needs_value: bool, bn_fma: bool):
-        d = roles["dequantize"]
-        inputs = [d.inputs[0]]
+        d = roles.get("dequantize")
+        first = d or roles["batchnorm"]
+        inputs = [first.inputs[0]]
         self.res_name = None
         if "add" in roles:
             a = roles["add"]
@@ -81,7 +86,7 @@ class ResidualStage(NativeOp):
             inputs.append(self.res_name)
         q = roles.get("quantize")
         outputs = ([value] if needs_value else []) + (q.outputs if q is not None else [])
-        super().__init__(inputs, outputs, f"{d.name} (fused float stage)")
+        super().__init__(inputs, outputs, f"{first.name} (fused float stage)")
         self.lib, self.chw, self.value, self.needs_value = lib, chw, value, needs_value
         c = chw[0]
         keep = []  # the arrays the structure points into
@@ -91,13 +96,15 @@ class ResidualStage(NativeOp):
             keep.append(a)
             return a.ctypes.data
 
-        mode = EXACT32 if d.exact32 else 0
         p = Residual()
-        if d.exact32:
-            p.scale = arr(d.scale32.numpy(), np.float32)
+        if d is None:
+            mode = FLOAT_IN
+        elif d.exact32:
+            mode, p.scale = EXACT32, arr(d.scale32.numpy(), np.float32)
         else:
-            p.scale64 = arr(d.scale.numpy(), np.float64)
-        p.dq_bias = arr(d.bias.numpy(), np.float32) if d.bias is not None else None
+            mode, p.scale64 = 0, arr(d.scale.numpy(), np.float64)
+        p.dq_bias = arr(d.bias.numpy(), np.float32) if d is not None and d.bias is not None else None
+        self.float_in = d is None
         if "batchnorm" in roles:
             bn = roles["batchnorm"]
             mode |= BN | (BN_FMA if bn_fma else 0)
@@ -125,7 +132,10 @@ class ResidualStage(NativeOp):
         self.p, self.keep, self.q = p, keep, q
 
     def run(self, env):
-        acc = as_nhwc(env[self.inputs[0]], self.chw)
+        if self.float_in:  # a float value (NCHW, or a channels_last view of a stage's output)
+            acc = reference(env[self.inputs[0]]).permute(0, 2, 3, 1).contiguous()
+        else:
+            acc = as_nhwc(env[self.inputs[0]], self.chw)
         n = acc.shape[0]
         c, h, w = self.chw
         res = None
@@ -182,10 +192,14 @@ def _agrees(stage, roles, plan, chw) -> bool:
     """The stage against the reference ops on a probe batch of random accumulators and residuals."""
     c, h, w = chw
     g = torch.Generator().manual_seed(0)
-    d = roles["dequantize"]
-    bound = min(int(d.spec.get("acc_bound", 1 << 20)), 1 << 24)
-    acc = torch.randint(-bound, bound + 1, (2, c, h, w), generator=g, dtype=torch.int32)
-    env = {d.inputs[0]: acc}
+    d = roles.get("dequantize")
+    if d is None:
+        acc = torch.randn(2, c, h, w, generator=g) * 3
+    else:
+        bound = min(int(d.spec.get("acc_bound", 1 << 20)), 1 << 24)
+        acc = torch.randint(-bound, bound + 1, (2, c, h, w), generator=g, dtype=torch.int32)
+    name = stage.inputs[0]
+    env = {name: acc}
     if stage.res_name is not None:
         env[stage.res_name] = torch.randn(2, c, h, w, generator=g) * 2
     want = dict(env)
@@ -195,7 +209,7 @@ def _agrees(stage, roles, plan, chw) -> bool:
             local = {k: want[k].contiguous() for k in op.inputs}
             op.run(local)
             want.update({k: local[k] for k in op.outputs})
-    got = {d.inputs[0]: Nhwc(acc.permute(0, 2, 3, 1).contiguous())}
+    got = {name: acc if d is None else Nhwc(acc.permute(0, 2, 3, 1).contiguous())}
     if stage.res_name is not None:
         got[stage.res_name] = env[stage.res_name]
     stage.run(got)

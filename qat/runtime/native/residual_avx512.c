@@ -20,6 +20,8 @@
 QAT_AVX512F static inline __m512 dequantize16(const int32_t *acc, const qat_residual *p, int32_t c0, __mmask16 keep)
 {
     __m512i a = _mm512_maskz_loadu_epi32(keep, acc);
+    if (p->mode & QAT_RES_FLOAT_IN) /* the bits of float32 inputs */
+        return _mm512_castsi512_ps(a);
     if (p->mode & QAT_RES_EXACT32) { /* float32: acc * scale (+ bias), two roundings */
         __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_maskz_loadu_ps(keep, p->scale + c0));
         return p->dq_bias ? _mm512_add_ps(y, _mm512_maskz_loadu_ps(keep, p->dq_bias + c0)) : y;
@@ -61,7 +63,9 @@ QAT_AVX512F int qat_residual_avx512(const int32_t *acc, const float *res, int64_
     int64_t px, cw = qat_sign_words(c);
     if (!acc || !p || !out || pixels < 0 || c < 1 || pixels > QAT_MAX_ELEMS / c)
         return QAT_EARG;
-    if (((p->mode & QAT_RES_EXACT32) ? !p->scale : !p->scale64) || ((p->mode & QAT_RES_BN) && (!p->alpha || !p->beta)))
+    if (!(p->mode & QAT_RES_FLOAT_IN) && ((p->mode & QAT_RES_EXACT32) ? !p->scale : !p->scale64))
+        return QAT_EARG;
+    if ((p->mode & QAT_RES_BN) && (!p->alpha || !p->beta))
         return QAT_EARG;
     if ((bits && codes) || (codes && (p->code_type != QAT_U8 && p->code_type != QAT_I8)))
         return QAT_EARG;
