@@ -20,6 +20,7 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from qat.callbacks.recipe_hooks import lightning_run_info
+from qat.quant.host_state import refresh_host_state
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -102,6 +103,12 @@ class Classifier(pl.LightningModule):
             # Lightning counts this step in global_step only after optimizer_step returns; the
             # recipe's step counts it (1 after the first step), as from qat.QATCallback.
             self.recipe.after_optimizer_step(self.model, self.global_step + 1)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if getattr(self.model, "_compiled_call_impl", None) is not None:
+            # The compiled graph branches on Python mirrors of the recipe's switches; a buffer written
+            # in place outside the recipe's setters (a DDP broadcast, user code) reaches them here.
+            refresh_host_state(self.model)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.recipe is not None:

@@ -94,10 +94,10 @@ class QATUint8(QuantRecipe):
         obs_on = s["obs"] is None or step < s["obs"]
         for m in model.modules():
             if isinstance(m, AffineQuant):
-                m.fake_quant_enabled.fill_(fq_on)
-                m.observer_enabled.fill_(obs_on)
+                m.enable_fake_quant(fq_on)
+                m.enable_observer(obs_on)
             elif isinstance(m, QuantConvBn2d):
-                m.bn_frozen.fill_(bn_frozen)
+                m.set_host("bn_frozen", bn_frozen)
 
     def describe(self) -> dict:
         return {**super().describe(), "per_channel": self.per_channel, "ema_decay": self.ema_decay,

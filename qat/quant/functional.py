@@ -188,7 +188,24 @@ class _StraightThrough(torch.autograd.Function):
         return (grad,) + (None,) * ctx.n_extra
 
 
+class _GradThrough(torch.autograd.Function):
+    """Forward ``q`` (already computed from ``x``); backward identity in ``x``. The torch.compile
+    form of :class:`_StraightThrough`: dynamo cannot pass a Python callable through ``apply``."""
+
+    @staticmethod
+    def forward(ctx, x, q):
+        return q.view_as(q)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 def _ste(fn: Callable[..., Tensor], x: Tensor, *args) -> Tensor:
+    if torch.compiler.is_compiling():
+        with torch.no_grad():
+            q = fn(x.detach(), *args)
+        return _GradThrough.apply(x, q)
     return _StraightThrough.apply(x, fn, *args)
 
 
@@ -825,7 +842,8 @@ def choose_qparams(min_val, max_val, qmin: int = 0, qmax: int = 255,
 
 
 def _host_bounds_ok(x: Tensor, scale: Tensor) -> bool:
-    return x.device.type == "cpu" and scale.numel() == 1
+    # Reading the scale on the host is free on CPU, but a graph break under torch.compile.
+    return x.device.type == "cpu" and scale.numel() == 1 and not torch.compiler.is_compiling()
 
 
 class _FakeQuantAffine(torch.autograd.Function):
@@ -833,11 +851,11 @@ class _FakeQuantAffine(torch.autograd.Function):
     about 3x faster on CPU.
 
     Gradient mask, two equivalent forms chosen for speed:
-    * per-tensor on CPU: save ``x`` and pass where
+    * per-tensor on CPU, eager: save ``x`` and pass where
       ``S(qmin - Z - 1/2) < x < S(qmax - Z + 1/2)``, one fused pass (host
       scalars cost no sync on CPU). Equals torch's mask except within float
       rounding of the two interval ends.
-    * otherwise (per-channel, GPU): save the bool mask ``qmin <= round(x/S) + Z <= qmax``
+    * otherwise (per-channel, GPU, torch.compile): save the bool mask ``qmin <= round(x/S) + Z <= qmax``
       exactly as torch does, without any host sync.
     """
 

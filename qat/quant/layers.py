@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qat.quant.host_state import HostState
+
 
 def float32_quant(quant: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``quant(x)`` in float32 with autocast disabled (a no-op wrapper outside autocast)."""
@@ -99,7 +101,7 @@ class QuantLinear(QuantMixin, nn.Linear):
         return F.linear(x, w, self.bias)
 
 
-class QuantConvBn2d(QuantConv2d):
+class QuantConvBn2d(HostState, QuantConv2d):
     """Conv2d followed by BatchNorm2d, with the BN folded into the quantized weights.
 
     Folded weight w_f = w * gamma / sigma and bias b_f = beta - gamma * mu / sigma (Jacob et al.
@@ -119,7 +121,7 @@ class QuantConvBn2d(QuantConv2d):
     def __init__(self, *args, bn: nn.BatchNorm2d | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.bn = bn if bn is not None else nn.BatchNorm2d(self.out_channels)
-        self.register_buffer("bn_frozen", torch.tensor(False))
+        self.register_host_buffer("bn_frozen", False, torch.bool)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, weight_quant=None, input_quant=None, bn: nn.BatchNorm2d | None = None):
@@ -145,7 +147,7 @@ class QuantConvBn2d(QuantConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = float32_quant(self.input_quant, x)
-        if self.training and not bool(self.bn_frozen):
+        if self.training and not self.host("bn_frozen"):
             # gamma / sigma is a constant for autograd: under the straight-through estimator its two
             # occurrences (fold, unfold) cancel, so gamma learns through the BatchNorm as in float
             # training, and the backward pass skips two full passes over the activations.

@@ -11,19 +11,20 @@ function it calls; this file adds only state and policy:
 * ``bits`` (int, 32 for :class:`Identity`) and ``kind`` (str, the
   ``Codes.kind`` it emits, except 1-bit cases which emit their sign codes).
 * Every stateful value is a registered buffer, so ``state_dict`` round trips
-  and DDP broadcasts restore it. Python-side mirrors of small buffers are
-  caches only (see :meth:`Quantizer._host`).
+  and DDP broadcasts restore it. Switches and counters that ``forward``
+  branches on have Python mirrors (:mod:`qat.quant.host_state`).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as QF
 from .functional import Codes
+from .host_state import HostState
 
 __all__ = [
     "Quantizer",
@@ -40,40 +41,14 @@ __all__ = [
 ]
 
 
-class Quantizer(nn.Module):
+class Quantizer(HostState, nn.Module):
     """Base class: ``forward`` fake-quantizes, ``quantize`` returns :class:`Codes`."""
 
     kind: str = "quantizer"
     bits: int = 32
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._host_cache: Dict[str, Tuple[Tuple[int, int, int], int]] = {}
-
     def quantize(self, x: Tensor) -> Codes:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def _host(self, name: str) -> int:
-        """Python int of a 0-d integer buffer without a device sync on every call.
-
-        Re-read (``.item()``) only when the buffer object or its version
-        counter changed; in-place updates, ``load_state_dict`` and DDP buffer
-        broadcasts all bump the version, so the cache cannot go stale.
-        """
-        t = getattr(self, name)
-        if torch.compiler.is_compiling():
-            # One graph break per read under torch.compile (listed in BENCHMARKS.md); the cache
-            # below would make dynamo guard on each buffer's id and recompile once per quantizer.
-            return int(t.item())
-        if t.is_inference():  # made under torch.inference_mode (e.g. a test-time load): no version counter
-            return int(t.item())
-        key = (id(t), t.data_ptr(), t._version)
-        hit = self._host_cache.get(name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        val = int(t.item())
-        self._host_cache[name] = (key, val)
-        return val
 
 
 def _zero_codes(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -146,8 +121,7 @@ class _ScaleFactorQuant(Quantizer):
         self.calibrate = calibrate
         self.calib_batches = calib_batches
         self.register_buffer("sf", torch.tensor(0 if sf is None else sf, dtype=torch.int64))
-        self.register_buffer("num_calibrated",
-                             torch.tensor(0 if sf is None else calib_batches, dtype=torch.int64))
+        self.register_host_buffer("num_calibrated", 0 if sf is None else calib_batches, torch.int64)
 
     def _calibrate(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -161,7 +135,7 @@ class _ScaleFactorQuant(Quantizer):
             if update:
                 self.sf.copy_(sf)
             return sf
-        done = self._host("num_calibrated")
+        done = self.host("num_calibrated")
         if done >= self.calib_batches:
             return self.sf
         sf = self._calibrate(x)
@@ -171,7 +145,7 @@ class _ScaleFactorQuant(Quantizer):
             self.sf.copy_(sf)
         else:
             torch.minimum(self.sf, sf.to(self.sf.device), out=self.sf)
-        self.num_calibrated.add_(1)
+        self.set_host("num_calibrated", done + 1)
         return self.sf
 
     def extra_repr(self) -> str:
@@ -402,7 +376,7 @@ class AffineQuant(_RangeObserved):
     ``fake_quant_enabled`` (uint8 0/1). The observer runs only in training
     mode and only if enabled; with fake quant disabled ``forward`` returns
     ``x`` itself (quantization delay: observe only). Flags are read on the
-    host through a version-checked cache, not with a sync per call.
+    host through :mod:`qat.quant.host_state`, not with a sync per call.
 
     Codes: kind ``affine``, ``codes`` uint8 (int8 if symmetric and bits <= 8),
     ``scale`` float32, ``zero_point`` int32 (0-d, or ``(C,)`` with ``axis``).
@@ -428,26 +402,26 @@ class AffineQuant(_RangeObserved):
         else:
             self.qmin, self.qmax = 0, 2 ** bits - 1
         self._init_range(observer, averaging_constant)
-        self.register_buffer("observer_enabled", torch.tensor(1, dtype=torch.uint8))
-        self.register_buffer("fake_quant_enabled", torch.tensor(1, dtype=torch.uint8))
+        self.register_host_buffer("observer_enabled", 1, torch.uint8)
+        self.register_host_buffer("fake_quant_enabled", 1, torch.uint8)
 
     # -- switches (buffers, so they survive checkpoints and DDP) -------------
     def enable_observer(self, enabled: bool = True) -> "AffineQuant":
-        self.observer_enabled.fill_(int(enabled))
+        self.set_host("observer_enabled", enabled)
         return self
 
     def disable_observer(self) -> "AffineQuant":
         return self.enable_observer(False)
 
     def enable_fake_quant(self, enabled: bool = True) -> "AffineQuant":
-        self.fake_quant_enabled.fill_(int(enabled))
+        self.set_host("fake_quant_enabled", enabled)
         return self
 
     def disable_fake_quant(self) -> "AffineQuant":
         return self.enable_fake_quant(False)
 
     def _observer_on(self) -> bool:
-        return bool(self._host("observer_enabled"))
+        return bool(self.host("observer_enabled"))
 
     def _range_axis(self, x: Tensor) -> Optional[int]:
         if not self.per_channel:
@@ -470,7 +444,7 @@ class AffineQuant(_RangeObserved):
     def forward(self, x: Tensor) -> Tensor:
         if self.training and self._observer_on():
             self._observe(x)
-        if not self._host("fake_quant_enabled"):
+        if not self.host("fake_quant_enabled"):
             return x
         scale, zp = self._qparams(*self._range(x))
         return QF.fake_quantize_affine(x, scale, zp, self.qmin, self.qmax, self._range_axis(x))

@@ -30,11 +30,12 @@ from torch import nn
 
 from qat.quant.affine import check_when, steps_at
 from qat.quant.functional import ternary_projection, ternary_projection_quantize
+from qat.quant.host_state import HostState
 from qat.quant.quantizers import Codes, Identity, TernaryQuant
 from qat.quant.recipe import QuantRecipe, check_positive, check_started, check_total_steps
 
 
-class ADMMTernaryWeight(nn.Module):
+class ADMMTernaryWeight(HostState, nn.Module):
     """The weight 'quantizer' of an ADMM layer, plus the ADMM state. Forward: identity in the ADMM
     phase (ADMM trains the float W against the penalty); Proj(W) with a straight-through gradient in
     the projected phase (``projecting``); identity once W is ternary (``finalized``).
@@ -51,12 +52,12 @@ class ADMMTernaryWeight(nn.Module):
         self.register_buffer("rho", torch.tensor(float(rho)))
         self.register_buffer("alpha", torch.zeros(shape[0] if per_channel else ()))
         self.register_buffer("updates", torch.tensor(0, dtype=torch.long))
-        self.register_buffer("initialized", torch.tensor(False))
-        self.register_buffer("finalized", torch.tensor(False))
-        self.register_buffer("projecting", torch.tensor(False))
+        self.register_host_buffer("initialized", False, torch.bool)
+        self.register_host_buffer("finalized", False, torch.bool)
+        self.register_host_buffer("projecting", False, torch.bool)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if bool(self.projecting) and not bool(self.finalized):
+        if self.host("projecting") and not self.host("finalized"):
             return ternary_projection_quantize(w, self.per_channel)
         return w
 
@@ -81,7 +82,7 @@ class ADMMTernaryWeight(nn.Module):
     def deployed_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha, the weight that is deployed now): G in the ADMM phase, Proj(W) in the projected
         phase or before ADMM started."""
-        if bool(self.initialized) and not bool(self.projecting):
+        if self.host("initialized") and not self.host("projecting"):
             return self.alpha.clone(), self.G.clone()
         return self.projection(w)
 
@@ -89,14 +90,14 @@ class ADMMTernaryWeight(nn.Module):
         """Ternary codes of ``w``. Once finalized, W = alpha * Q exactly, with the alpha kept from the
         projection (recomputing <W, Q> / <Q, Q> could differ in the last bit)."""
         w = w.detach()
-        if bool(self.finalized):
+        if self.host("finalized"):
             return self._codes(torch.sign(w).to(torch.int8), self.alpha.clone())
         alpha, q = ternary_projection(w, per_channel=self.per_channel)
         return self._codes(q, alpha)
 
     def extra_repr(self) -> str:
         return (f"per_channel={self.per_channel}, rho={float(self.rho):.3g}, updates={int(self.updates)}, "
-                f"projecting={bool(self.projecting)}")
+                f"projecting={bool(self.host('projecting'))}")
 
 
 class TWN(QuantRecipe):
@@ -181,15 +182,15 @@ class ADMMTernary(QuantRecipe):
             self._growth = (self.rho_max / self.rho) ** (1.0 / n_updates)
         for _, layer in self._admm_layers(model):
             q = layer.weight_quant
-            if not bool(q.initialized):  # fresh run; a resumed run keeps its G and U
+            if not q.host("initialized"):  # fresh run; a resumed run keeps its G and U
                 q.G.copy_(q.project(layer.weight))
                 q.U.zero_()
-                q.initialized.fill_(True)
+                q.set_host("initialized", True)
         self._enter_projected_phase(model, int(step))
 
     def _projecting(self, model) -> bool:
         layers = self._admm_layers(model)
-        return bool(layers) and bool(layers[0][1].weight_quant.projecting)
+        return bool(layers) and bool(layers[0][1].weight_quant.host("projecting"))
 
     def penalty(self, model):
         if self._projecting(model):
@@ -206,7 +207,7 @@ class ADMMTernary(QuantRecipe):
         if self._finetune_at is None or step < self._finetune_at:
             return
         for _, layer in self._admm_layers(model):
-            layer.weight_quant.projecting.fill_(True)
+            layer.weight_quant.set_host("projecting", True)
 
     @torch.no_grad()
     def after_optimizer_step(self, model, step: int) -> None:
@@ -244,31 +245,31 @@ class ADMMTernary(QuantRecipe):
             with torch.no_grad():
                 for _, layer in self._admm_layers(model):
                     q = layer.weight_quant
-                    if bool(q.finalized):
+                    if q.host("finalized"):
                         continue
                     saved.append((layer, layer.weight.detach().clone(), q.alpha.clone()))
                     alpha, w = q.deployed_weight(layer.weight)
                     layer.weight.copy_(w)
                     q.alpha.copy_(alpha)
-                    q.finalized.fill_(True)  # the forward pass uses W as it is: already ternary
+                    q.set_host("finalized", True)  # the forward pass uses W as it is: already ternary
             yield model
         finally:
             with torch.no_grad():
                 for layer, w, alpha in saved:
                     layer.weight.copy_(w)
                     layer.weight_quant.alpha.copy_(alpha)
-                    layer.weight_quant.finalized.fill_(False)
+                    layer.weight_quant.set_host("finalized", False)
 
     @torch.no_grad()
     def finalize(self, model) -> None:
         for _, layer in self._admm_layers(model):
             q = layer.weight_quant
-            if bool(q.finalized):
+            if q.host("finalized"):
                 continue
             alpha, w = q.deployed_weight(layer.weight)
             layer.weight.copy_(w)
             q.alpha.copy_(alpha)
-            q.finalized.fill_(True)
+            q.set_host("finalized", True)
 
     def describe(self) -> dict:
         return {**super().describe(), "rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max,
