@@ -170,20 +170,20 @@ def markdown(results: list[dict]) -> str:
     out = []
     layers = [r for r in results if r["part"] == "layer"]
     if layers:
-        out += ["| threads | C | map | batch | fp32 conv/s | binary/s | speedup | binary+threshold/s | speedup | "
-                "8-bit/s | speedup |", "| " + " | ".join(["---:"] * 11) + " |"]
+        out += ["| isa | threads | C | map | batch | fp32 conv/s | binary/s | speedup | binary+threshold/s | speedup | "
+                "8-bit/s | speedup |", "| --- | " + " | ".join(["---:"] * 11) + " |"]
         for r in layers:
-            out.append(f"| {r['threads']} | {r['c']} | {r['size']}x{r['size']} | {r['batch']} | {r['fp32_per_s']:,.1f} | "
+            out.append(f"| {r.get('isa', '-')} | {r['threads']} | {r['c']} | {r['size']}x{r['size']} | {r['batch']} | {r['fp32_per_s']:,.1f} | "
                        f"{r['binary_per_s']:,.1f} | {r['binary_speedup']:.2f}x | {r['binary_bits_per_s']:,.1f} | "
                        f"{r['binary_bits_speedup']:.2f}x | {r['int8_per_s']:,.1f} | {r['int8_speedup']:.2f}x |")
         out.append("")
     nets = [r for r in results if r["part"] == "network"]
     if nets:
-        out += ["| network | threads | batch | native img/s | fp32 img/s | native / fp32 | onnxruntime img/s | "
-                "native / onnxruntime | native == reference |", "| --- | " + " | ".join(["---:"] * 8) + " |"]
+        out += ["| network | isa | threads | batch | native img/s | fp32 img/s | native / fp32 | onnxruntime img/s | "
+                "native / onnxruntime | native == reference |", "| --- | --- | " + " | ".join(["---:"] * 8) + " |"]
         for r in nets:
             ort = r.get("onnxruntime_img_s")
-            out.append(f"| {r['network']} | {r['threads']} | {r['batch']} | {r['native_img_s']:,.0f} | "
+            out.append(f"| {r['network']} | {r.get('isa', '-')} | {r['threads']} | {r['batch']} | {r['native_img_s']:,.0f} | "
                        f"{r['fp32_img_s']:,.0f} | {r['native_img_s'] / r['fp32_img_s']:.2f}x | "
                        + (f"{ort:,.0f} | {r['native_img_s'] / ort:.2f}x" if ort else "- | -")
                        + f" | {r['native_equals_reference']} |")

@@ -92,7 +92,7 @@ class NativeProgram:
                     step, used = self._int(op, ops, i, producers, fuse)
                 elif (fuse and self.isa == "avx512" and len(self.values[op.inputs[0]]["shape"]) == 4 and (
                         (kind == "dequantize" and op.inputs[0] in native_i32) or
-                        (kind == "batchnorm" and self.values[op.inputs[0]]["dtype"] == "float32"))):
+                        (kind in ("batchnorm", "quantize") and self.values[op.inputs[0]]["dtype"] == "float32"))):
                     gaps, step, used = residual_stage(self, ops, i, _chw(self.values, op.inputs[0])) or ([], None, 1)
                     steps += [RefStep(g) for g in gaps]  # a shortcut the stage adds, computed first
                 elif kind == "maxpool2d" and op.inputs[0] in native_i32:

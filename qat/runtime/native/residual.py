@@ -46,6 +46,8 @@ def _match(plan, ops, i):
     """``(roles, value, gap ops, ops used)`` of a residual chain starting at the dequantize (or, on a
     float input, the batchnorm) ``ops[i]``: its ops by role, the name of the chain's float value, the
     ops between them; or None."""
+    if ops[i].spec["op"] == "quantize":  # a float input's quantization alone (a network's input)
+        return ({"quantize": ops[i]}, ops[i].inputs[0], [], 1) if _quantizes_natively(ops[i]) else None
     first = "dequantize" if ops[i].spec["op"] == "dequantize" else "batchnorm"
     roles, gaps, cur, j = {first: ops[i]}, [], ops[i].outputs[0], i + 1
 
@@ -67,16 +69,19 @@ def _match(plan, ops, i):
     if len(roles) < 2:
         return None
     # the quantize right after may read the chain's value even when others read it too
-    if (j < len(ops) and ops[j].spec["op"] == "quantize" and ops[j].inputs == [cur]
-            and (ops[j].quant["kind"] == "sign" or (ops[j].quant["kind"] == "affine" and int(ops[j].quant["bits"]) == 8))):
+    if j < len(ops) and ops[j].spec["op"] == "quantize" and ops[j].inputs == [cur] and _quantizes_natively(ops[j]):
         roles["quantize"], j = ops[j], j + 1
     return roles, cur, gaps, j - i
+
+
+def _quantizes_natively(op) -> bool:
+    return op.quant["kind"] == "sign" or (op.quant["kind"] == "affine" and int(op.quant["bits"]) == 8)
 
 
 class ResidualStage(NativeOp):
     def __init__(self, lib, roles: dict, value: str, chw, needs_value: bool, bn_fma: bool):
         d = roles.get("dequantize")
-        first = d or roles["batchnorm"]
+        first = d or roles.get("batchnorm") or roles["quantize"]
         inputs = [first.inputs[0]]
         self.res_name = None
         if "add" in roles:
@@ -177,7 +182,9 @@ def residual_stage(plan, ops, i, chw):
     if m is None:
         return None
     roles, value, gaps, used = m
-    needs_value = "quantize" not in roles or plan.readers[value] > 1 or value == plan.program.output_name
+    # the chain's float value, unless only the fused quantize reads it (or it is the stage's input)
+    needs_value = len(roles) > 1 and ("quantize" not in roles or plan.readers[value] > 1
+                                      or value == plan.program.output_name)
     for fma in ((True, False) if "batchnorm" in roles else (False,)):
         try:
             stage = ResidualStage(plan.lib, roles, value, chw, needs_value, fma)
