@@ -189,11 +189,11 @@ QAT_AVX512 static inline void counts4(const uint64_t *const *rp, const uint64_t 
 }
 
 /* Output stage of one pixel and the block of channels oc0 .. oc0 + 15: acc = nvalid - 2 count as
- * 16 int32, stored, or compared with the thresholds into 16 bits of the pixel's packed words (which
- * the caller zeroed). */
+ * 16 int32, stored, or compared with the thresholds into 16 bits ORed into *word (the pixel's packed
+ * word of these channels, stored by the caller once its 64 channels are done). */
 QAT_AVX512 static inline void emit16(const qat_conv_geom *g, int64_t pixel, int32_t oc0, int32_t nvalid,
                                      __m512i lo, __m512i hi, int32_t *acc, const int32_t *T,
-                                     const int8_t *dir, uint64_t *bits)
+                                     const int8_t *dir, uint64_t *word)
 {
     int32_t m = g->c_out - oc0 < QAT_OC_BLOCK ? g->c_out - oc0 : QAT_OC_BLOCK;
     __mmask16 keep = (__mmask16)((1u << m) - 1u);
@@ -205,8 +205,7 @@ QAT_AVX512 static inline void emit16(const qat_conv_geom *g, int64_t pixel, int3
     } else {
         __mmask16 ge = _mm512_cmpge_epi32_mask(v, _mm512_maskz_loadu_epi32(keep, T + oc0));
         __mmask16 down = _mm_movepi8_mask(_mm_maskz_loadu_epi8(keep, dir + oc0));
-        uint64_t on = (uint64_t)(uint16_t)((ge ^ down) & keep);
-        bits[pixel * qat_sign_words(g->c_out) + oc0 / 64] |= on << (oc0 % 64);
+        *word |= (uint64_t)(uint16_t)((ge ^ down) & keep) << (oc0 % 64);
     }
 }
 
@@ -256,15 +255,19 @@ QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *
                 rp[p] = rows[p < np ? p : 0];
                 mp[p] = use_streams && full ? full_mask : masks[p < np ? p : 0]; /* stream_row: no mask when full */
             }
-            if (bits)
-                for (int64_t j = 0; j < np * cwo; j++)
-                    bits[((int64_t)r * g->wo + ox) * cwo + j] = 0;
+            uint64_t word[QAT_B512_PIXELS] = {0}; /* packed bits of 64 channels, per pixel */
             for (int64_t b = 0; b < nblk; b++) {
                 __m512i t[2 * QAT_B512_PIXELS];
+                int32_t oc0 = (int32_t)b * QAT_OC_BLOCK;
                 counts4(rp, all_full ? NULL : mp, w + b * rw * QAT_OC_BLOCK, rw, t);
-                for (p = 0; p < np; p++)
-                    emit16(g, (int64_t)r * g->wo + ox + p, (int32_t)b * QAT_OC_BLOCK, nvalid[p], t[2 * p],
-                           t[2 * p + 1], acc, T, dir, bits);
+                for (p = 0; p < np; p++) {
+                    int64_t pixel = (int64_t)r * g->wo + ox + p;
+                    if (oc0 % 64 == 0)
+                        word[p] = 0;
+                    emit16(g, pixel, oc0, nvalid[p], t[2 * p], t[2 * p + 1], acc, T, dir, &word[p]);
+                    if (bits && (oc0 % 64 == 64 - QAT_OC_BLOCK || b == nblk - 1)) /* the word is complete */
+                        bits[pixel * cwo + oc0 / 64] = word[p];
+                }
             }
         }
     }

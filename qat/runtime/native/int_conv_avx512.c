@@ -18,39 +18,57 @@
 #define QAT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define PIX 4
 
-/* the byte of code v (x_type) and the im2col row of output pixel (img, oy, ox): k4 bytes */
-static inline void u8_row(const qat_conv_geom *g, const void *x, int32_t x_type, uint8_t zu, int32_t img,
-                          int32_t oy, int32_t ox, int64_t k4, uint8_t *row)
+/* n bytes from src (xor flip: int8 codes to their unsigned byte) and n bytes of value v, with
+ * 64-byte (masked) vector moves instead of library calls for these short runs */
+QAT_VNNI static inline void copy_bytes(uint8_t *dst, const uint8_t *src, int64_t n, uint8_t flip)
+{
+    __m512i f = _mm512_set1_epi8((char)flip);
+    int64_t i;
+    for (i = 0; i + 64 <= n; i += 64)
+        _mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(src + i), f));
+    if (i < n) {
+        __mmask64 k = ~(__mmask64)0 >> (64 - (n - i));
+        _mm512_mask_storeu_epi8(dst + i, k, _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src + i), f));
+    }
+}
+
+QAT_VNNI static inline void fill_bytes(uint8_t *dst, uint8_t v, int64_t n)
+{
+    __m512i b = _mm512_set1_epi8((char)v);
+    int64_t i;
+    for (i = 0; i + 64 <= n; i += 64)
+        _mm512_storeu_si512(dst + i, b);
+    if (i < n)
+        _mm512_mask_storeu_epi8(dst + i, ~(__mmask64)0 >> (64 - (n - i)), b);
+}
+
+/* the im2col row of output pixel (img, oy, ox) as unsigned bytes: k4 bytes */
+QAT_VNNI static inline void u8_row(const qat_conv_geom *g, const void *x, int32_t x_type, uint8_t zu, int32_t img,
+                                   int32_t oy, int32_t ox, int64_t k4, uint8_t *row)
 {
     int32_t ky, kx, c = g->c_in, iy0 = oy * g->sh - g->ph, ix0 = ox * g->sw - g->pw;
-    int64_t k = (int64_t)g->kh * g->kw * c, i;
-    uint8_t *dst = row;
+    int64_t k = (int64_t)g->kh * g->kw * c, run = (int64_t)g->kw * c;
+    uint8_t flip = x_type == QAT_U8 ? 0 : 0x80, *dst = row;
+    const uint8_t *xb = (const uint8_t *)x;
     for (ky = 0; ky < g->kh; ky++) {
         int32_t iy = iy0 + ky * g->dh;
         int64_t line = ((int64_t)img * g->h + iy) * g->w;
         if (iy < 0 || iy >= g->h) {
-            memset(dst, zu, (size_t)g->kw * (size_t)c);
-            dst += (int64_t)g->kw * c;
-            continue;
+            fill_bytes(dst, zu, run);
+        } else if (g->dw == 1 && ix0 >= 0 && ix0 + g->kw <= g->w) { /* one run of bytes */
+            copy_bytes(dst, xb + (line + ix0) * c, run, flip);
+        } else {
+            for (kx = 0; kx < g->kw; kx++) {
+                int32_t ix = ix0 + kx * g->dw;
+                if (ix < 0 || ix >= g->w)
+                    fill_bytes(dst + (int64_t)kx * c, zu, c);
+                else
+                    copy_bytes(dst + (int64_t)kx * c, xb + (line + ix) * c, c, flip);
+            }
         }
-        if (x_type == QAT_U8 && g->dw == 1 && ix0 >= 0 && ix0 + g->kw <= g->w) { /* one run of bytes */
-            memcpy(dst, (const uint8_t *)x + (line + ix0) * c, (size_t)g->kw * (size_t)c);
-            dst += (int64_t)g->kw * c;
-            continue;
-        }
-        for (kx = 0; kx < g->kw; kx++, dst += c) {
-            int32_t ix = ix0 + kx * g->dw;
-            if (ix < 0 || ix >= g->w)
-                memset(dst, zu, (size_t)c);
-            else if (x_type == QAT_U8)
-                memcpy(dst, (const uint8_t *)x + (line + ix) * c, (size_t)c);
-            else
-                for (i = 0; i < c; i++)
-                    dst[i] = (uint8_t)(((const uint8_t *)x)[(line + ix) * c + i] ^ 0x80u);
-        }
+        dst += run;
     }
-    for (i = k; i < k4; i++)
-        row[i] = 0;
+    fill_bytes(row + k, 0, k4 - k);
 }
 
 /* requantized codes of 8 channels (int64 lanes) of one pixel: clamp(Z + floor((((acc << f) + b) M0
