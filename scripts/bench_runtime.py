@@ -165,6 +165,35 @@ def network_case(name: str, folder: Path, batches, rounds: int, secs: float, isa
     return rows
 
 
+def profile(name: str, folder: Path, batch: int, reps: int) -> dict:
+    """Milliseconds per step kind of the native program's fused plan (the minimum of ``reps`` runs of
+    each step, so that a step descheduled by other load does not count), and the whole call's."""
+    recipe, build = NETWORKS[name]
+    m, r = deployed("", recipe, net=build(), shape=(3, 32, 32))
+    prog = load(export_model(m, folder, input_shape=(3, 32, 32), normalization=NORM, recipe=r, onnx=False).folder)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    steps = prog.native.plans[True]
+    best = [float("inf")] * len(steps)
+    whole = float("inf")
+    with torch.no_grad():
+        for _ in range(reps):
+            env = {prog.input_name: x}
+            for i, s in enumerate(steps):
+                t = time.perf_counter()
+                s.run(env)
+                best[i] = min(best[i], time.perf_counter() - t)
+            t = time.perf_counter()
+            prog(x)
+            whole = min(whole, time.perf_counter() - t)
+    kinds: dict = {}
+    for s, t in zip(steps, best):
+        kind = type(s).__name__ + (f" {s.op.spec['op']}" if hasattr(s, "op") else "") + (
+            f" c_in={s.in_chw[0]}" if hasattr(s, "in_chw") else "")
+        kinds[kind] = kinds.get(kind, 0.0) + 1e3 * t
+    return {"network": name, "batch": batch, "isa": prog.isa, "whole_ms": 1e3 * whole, "sum_of_steps_ms": 1e3 * sum(best),
+            "steps_ms": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
+
+
 def markdown(results: list[dict]) -> str:
     """The tables of BENCHMARKS.md from the JSON rows of one or more runs."""
     out = []
@@ -209,6 +238,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0.3, help="minimum time per measurement")
     ap.add_argument("--isa", default=L.default_isa(), choices=L.ISAS)
     ap.add_argument("--reference", action="store_true", help="networks: also time the Python reference runtime")
+    ap.add_argument("--profile", default=None, choices=list(NETWORKS),
+                    help="print where the native runtime spends its time on this network (per step kind) and exit")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, nargs="+", default=None,
                     help="print the tables of these --json files and exit")
@@ -217,6 +248,12 @@ def main() -> int:
         print(markdown([r for p in args.markdown for r in json.loads(p.read_text())]), end="")
         return 0
     results = []
+    if args.profile:
+        torch.set_num_threads(args.threads[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            for b in args.batches:
+                print(json.dumps(profile(args.profile, Path(tmp) / f"p{b}", b, reps=15), indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         for t in args.threads:
             torch.set_num_threads(t)
