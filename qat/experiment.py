@@ -164,7 +164,10 @@ def train(cfg: DictConfig) -> Result:
     module = build_module(cfg, datamodule)
     if cfg.get("compile", False):
         # In place (nn.Module.compile): parameter names, checkpoints and exports are unchanged.
-        module.model.compile()
+        # dynamic=False: shapes are fixed per batch size. With automatic dynamic shapes, the observers'
+        # buffers, sized on the first step, made dynamo recompile symbolically, and inductor (torch
+        # 2.14) then failed on the backward ("Cannot convert expression to float").
+        module.model.compile(dynamic=False)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer_cfg, channels_last = trainer_config(cfg)

@@ -98,3 +98,20 @@ def test_mirrors_follow_load_state_dict_and_direct_writes():
     q.projecting.fill_(True)  # a direct write: the mirror catches up on the next eager read or refresh
     refresh_host_state(net)
     assert q._host_projecting == 1
+
+
+@pytest.mark.slow  # inductor's C++ compilation of forward and backward: about a minute on 2 cores
+def test_inductor_compiles_qat_uint8_through_its_first_steps():
+    """With automatic dynamic shapes (``compile()``), the observers sized on the first step made dynamo
+    recompile symbolically, and inductor failed on the backward ("Cannot convert expression to float");
+    ``compile=true`` uses ``dynamic=False``."""
+    net, rec = prepared("qat_uint8", total_steps=4)
+    eager = copy.deepcopy(net)
+    net.compile(dynamic=False)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    for step in range(1, 5):
+        for m in (net, eager):
+            F.cross_entropy(m(x), y).backward()
+            rec.after_optimizer_step(m, step)
+    torch.testing.assert_close(net(x), eager(x), rtol=1e-4, atol=1e-5)
+    dynamo.reset()
