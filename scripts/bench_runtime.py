@@ -86,15 +86,20 @@ def layer_case(c: int, size: int, batch: int, isa: str, rounds: int, secs: float
     # 8-bit operands
     xu = torch.randint(0, 256, (batch, size, size, c), generator=g, dtype=torch.uint8)
     wi = torch.randint(-127, 128, (c, 3 * 3 * c), generator=g, dtype=torch.int32)
-    wq = torch.zeros(int(lib.qat_int_weight_elems(g1)), dtype=torch.int16)
-    L.check(lib.qat_int_pack_weights(g1, L.ptr(wi), None, L.ptr(wq)), "pack int w")
+    if isa == "avx512":  # the VNNI kernel reads int8 weights
+        wq = torch.zeros(int(lib.qat_int8_weight_bytes(g1)), dtype=torch.int8)
+        L.check(lib.qat_int8_pack_weights(g1, L.ptr(wi), None, L.ptr(wq)), "pack int8 w")
+        scratch_n, scratch_t = int(lib.qat_int8_conv_scratch_bytes(g1)), torch.uint8
+    else:
+        wq = torch.zeros(int(lib.qat_int_weight_elems(g1)), dtype=torch.int16)
+        L.check(lib.qat_int_pack_weights(g1, L.ptr(wi), None, L.ptr(wq)), "pack int w")
+        scratch_n, scratch_t = int(lib.qat_int_conv_scratch_elems(g1)), torch.int16
     keep = (torch.full((c,), 1 << 30, dtype=torch.int32), torch.full((c,), 40, dtype=torch.int8),
             torch.zeros(c, dtype=torch.int32), torch.zeros(c, dtype=torch.int8))
     rq = L.Requant(*(t.data_ptr() for t in keep), 0, 0, 255, L.U8)
     out8 = torch.empty(batch, size, size, c, dtype=torch.uint8)
     iconv = getattr(lib, f"qat_int_conv2d_{isa}")
-    scratch_n = int(lib.qat_int_conv_scratch_elems(g1))
-    scratches = [torch.empty(scratch_n, dtype=torch.int16) for _ in range(8)]
+    scratches = [torch.empty(scratch_n, dtype=scratch_t) for _ in range(8)]
 
     def binary_acc():
         parallel_rows(lambda a, b: L.check(bconv(geom, L.ptr(xb), L.ptr(wb), L.ptr(acc), None, None, None, a, b),
@@ -126,12 +131,13 @@ NETWORKS = {
 }
 
 
-def network_case(name: str, folder: Path, batches, rounds: int, secs: float, reference: bool = False) -> list[dict]:
+def network_case(name: str, folder: Path, batches, rounds: int, secs: float, isa: str,
+                 reference: bool = False) -> list[dict]:
     recipe, build = NETWORKS[name]
     m, r = deployed("", recipe, net=build(), shape=(3, 32, 32))
     res = export_model(m, folder, input_shape=(3, 32, 32), normalization=NORM, recipe=r,
                        onnx=recipe == "qat_uint8", onnx_form="qdq")  # onnxruntime's fastest form
-    native, ref = load(res.folder), load(res.folder, backend="reference")
+    native, ref = load(res.folder, isa=isa), load(res.folder, backend="reference")
     fp32 = build().eval().to(memory_format=torch.channels_last)
     x_all = torch.randn(max(batches), 3, 32, 32, generator=torch.Generator().manual_seed(0))
     same = bool(torch.equal(native(x_all), ref(x_all)))
@@ -151,11 +157,41 @@ def network_case(name: str, folder: Path, batches, rounds: int, secs: float, ref
             if sess is not None:
                 fns["onnxruntime"] = lambda: ort_run(sess, x)
             rates = side_by_side(fns, rounds, secs)
-        rows.append({"network": name, "batch": b, "backend": native.backend, "native_equals_reference": same,
+        rows.append({"network": name, "batch": b, "backend": native.backend, "isa": native.isa,
+                     "native_equals_reference": same,
                      **{f"{k}_img_s": v * b for k, v in rates.items()}})
         if reference:
             rows[-1]["native_over_reference"] = rates["native"] / rates["reference"]
     return rows
+
+
+def profile(name: str, folder: Path, batch: int, reps: int) -> dict:
+    """Milliseconds per step kind of the native program's fused plan (the minimum of ``reps`` runs of
+    each step, so that a step descheduled by other load does not count), and the whole call's."""
+    recipe, build = NETWORKS[name]
+    m, r = deployed("", recipe, net=build(), shape=(3, 32, 32))
+    prog = load(export_model(m, folder, input_shape=(3, 32, 32), normalization=NORM, recipe=r, onnx=False).folder)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    steps = prog.native.plans[True]
+    best = [float("inf")] * len(steps)
+    whole = float("inf")
+    with torch.no_grad():
+        for _ in range(reps):
+            env = {prog.input_name: x}
+            for i, s in enumerate(steps):
+                t = time.perf_counter()
+                s.run(env)
+                best[i] = min(best[i], time.perf_counter() - t)
+            t = time.perf_counter()
+            prog(x)
+            whole = min(whole, time.perf_counter() - t)
+    kinds: dict = {}
+    for s, t in zip(steps, best):
+        kind = type(s).__name__ + (f" {s.op.spec['op']}" if hasattr(s, "op") else "") + (
+            f" c_in={s.in_chw[0]}" if hasattr(s, "in_chw") else "")
+        kinds[kind] = kinds.get(kind, 0.0) + 1e3 * t
+    return {"network": name, "batch": batch, "isa": prog.isa, "whole_ms": 1e3 * whole, "sum_of_steps_ms": 1e3 * sum(best),
+            "steps_ms": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
 
 
 def markdown(results: list[dict]) -> str:
@@ -163,20 +199,20 @@ def markdown(results: list[dict]) -> str:
     out = []
     layers = [r for r in results if r["part"] == "layer"]
     if layers:
-        out += ["| threads | C | map | batch | fp32 conv/s | binary/s | speedup | binary+threshold/s | speedup | "
-                "8-bit/s | speedup |", "| " + " | ".join(["---:"] * 11) + " |"]
+        out += ["| isa | threads | C | map | batch | fp32 conv/s | binary/s | speedup | binary+threshold/s | speedup | "
+                "8-bit/s | speedup |", "| --- | " + " | ".join(["---:"] * 11) + " |"]
         for r in layers:
-            out.append(f"| {r['threads']} | {r['c']} | {r['size']}x{r['size']} | {r['batch']} | {r['fp32_per_s']:,.1f} | "
+            out.append(f"| {r.get('isa', '-')} | {r['threads']} | {r['c']} | {r['size']}x{r['size']} | {r['batch']} | {r['fp32_per_s']:,.1f} | "
                        f"{r['binary_per_s']:,.1f} | {r['binary_speedup']:.2f}x | {r['binary_bits_per_s']:,.1f} | "
                        f"{r['binary_bits_speedup']:.2f}x | {r['int8_per_s']:,.1f} | {r['int8_speedup']:.2f}x |")
         out.append("")
     nets = [r for r in results if r["part"] == "network"]
     if nets:
-        out += ["| network | threads | batch | native img/s | fp32 img/s | native / fp32 | onnxruntime img/s | "
-                "native / onnxruntime | native == reference |", "| --- | " + " | ".join(["---:"] * 8) + " |"]
+        out += ["| network | isa | threads | batch | native img/s | fp32 img/s | native / fp32 | onnxruntime img/s | "
+                "native / onnxruntime | native == reference |", "| --- | --- | " + " | ".join(["---:"] * 8) + " |"]
         for r in nets:
             ort = r.get("onnxruntime_img_s")
-            out.append(f"| {r['network']} | {r['threads']} | {r['batch']} | {r['native_img_s']:,.0f} | "
+            out.append(f"| {r['network']} | {r.get('isa', '-')} | {r['threads']} | {r['batch']} | {r['native_img_s']:,.0f} | "
                        f"{r['fp32_img_s']:,.0f} | {r['native_img_s'] / r['fp32_img_s']:.2f}x | "
                        + (f"{ort:,.0f} | {r['native_img_s'] / ort:.2f}x" if ort else "- | -")
                        + f" | {r['native_equals_reference']} |")
@@ -202,6 +238,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0.3, help="minimum time per measurement")
     ap.add_argument("--isa", default=L.default_isa(), choices=L.ISAS)
     ap.add_argument("--reference", action="store_true", help="networks: also time the Python reference runtime")
+    ap.add_argument("--profile", default=None, choices=list(NETWORKS),
+                    help="print where the native runtime spends its time on this network (per step kind) and exit")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, nargs="+", default=None,
                     help="print the tables of these --json files and exit")
@@ -210,6 +248,12 @@ def main() -> int:
         print(markdown([r for p in args.markdown for r in json.loads(p.read_text())]), end="")
         return 0
     results = []
+    if args.profile:
+        torch.set_num_threads(args.threads[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            for b in args.batches:
+                print(json.dumps(profile(args.profile, Path(tmp) / f"p{b}", b, reps=15), indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         for t in args.threads:
             torch.set_num_threads(t)
@@ -230,7 +274,7 @@ def main() -> int:
             if "networks" in args.part:
                 for i, name in enumerate(NETWORKS):
                     for row in network_case(name, Path(tmp) / f"net{t}_{i}", args.batches, args.rounds,
-                                            args.seconds, args.reference):
+                                            args.seconds, args.isa, args.reference):
                         row.update(part="network", threads=t)
                         print(json.dumps(row), flush=True)
                         results.append(row)

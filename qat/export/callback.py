@@ -128,7 +128,8 @@ class ExportCallback(pl.Callback):
             limit = _limit(trainer)
             program = res.program()
             batches = lambda: self._batches(trainer, limit)  # noqa: E731 - one pass per comparison
-            report = {"runtime": {**compare(fq, program, batches()), "backend": program.backend}}
+            report = {"runtime": {**compare(fq, program, batches()), "backend": program.backend,
+                                  "isa": program.isa}}
             metrics.update({"export/acc": report["runtime"]["acc"],
                             "export/agreement": report["runtime"]["agreement"],
                             "export/max_logit_diff": report["runtime"]["max_abs_logit_diff"]})
@@ -140,8 +141,9 @@ class ExportCallback(pl.Callback):
                 metrics.update({"export/onnx_acc": report["onnx"]["acc"],
                                 "export/onnx_agreement": report["onnx"]["agreement"]})
             write_report(res.folder, report)
-            log.info("export verified on %d test images (runtime backend %s): agreement %.4f, runtime acc "
-                     "%.4f (model %.4f)", report["runtime"]["n"], program.backend, report["runtime"]["agreement"],
+            log.info("export verified on %d test images (runtime backend %s, isa %s): agreement %.4f, runtime "
+                     "acc %.4f (model %.4f)", report["runtime"]["n"], program.backend, program.isa,
+                     report["runtime"]["agreement"],
                      report["runtime"]["acc"], report["runtime"]["model_acc"])
         self.extra_metrics = metrics
 

@@ -16,6 +16,7 @@ import time
 import torch
 
 from qat.runtime.errors import FormatError
+from qat.runtime.native.library import ISAS
 from qat.runtime.program import Program
 
 
@@ -78,17 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="evaluate the first N test images only")
     ap.add_argument("--backend", default=None, choices=["native-avx2", "native-scalar", "reference"],
                     help="default: QAT_RUNTIME, else the native kernels when built")
+    ap.add_argument("--isa", default=None, choices=list(ISAS),
+                    help="path of the native kernel library (default: QAT_NATIVE_ISA, else the best this CPU runs)")
     args = ap.parse_args(argv)
     try:
-        program = Program.load(args.export_dir, args.backend)
+        program = Program.load(args.export_dir, args.backend, args.isa)
         dm = datamodule(program.manifest, args.overrides)
         res = evaluate(program, dm, args.batch_size, args.limit)
     except (FormatError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    res["backend"] = program.backend
+    res["backend"], res["isa"] = program.backend, program.isa
     print(f"accuracy {res['acc']:.4f} on {res['n']} test images ({res['images_per_s']:.0f} images/s, "
-          f"{torch.get_num_threads()} threads, backend {program.backend})")
+          f"{torch.get_num_threads()} threads, backend {program.backend}, isa {program.isa})")
     print(json.dumps(res))
     return 0
 

@@ -9,7 +9,8 @@ import torch
 
 from qat.runtime.artifact import load_artifact
 from qat.runtime.errors import FormatError
-from qat.runtime.native import choose_backend, load_library
+from qat.runtime.native import choose, load_library
+from qat.runtime.native.library import ISA_NAMES
 from qat.runtime.native.plan import NativeProgram
 from qat.runtime.ops import OPS
 
@@ -31,9 +32,11 @@ class Program:
     """The operations of a manifest in order. ``program(x)`` returns the float32 output (logits).
 
     ``backend`` says what runs the integer ops: ``native-avx2`` / ``native-scalar`` (the C kernels,
-    bit-identical to the reference) or ``reference`` (the ops of ``qat.runtime.ops``)."""
+    bit-identical to the reference) or ``reference`` (the ops of ``qat.runtime.ops``); ``isa`` which
+    path of the C library: ``avx512-vpopcntdq+vnni``, ``avx2``, ``scalar``, or None (reference)."""
 
-    def __init__(self, manifest: dict, tensors: dict[str, np.ndarray], backend: str | None = None):
+    def __init__(self, manifest: dict, tensors: dict[str, np.ndarray], backend: str | None = None,
+                 isa: str | None = None):
         self.manifest = manifest
         self.input_name = manifest["input"]["name"]
         self.input_shape = manifest["input"]["shape"]
@@ -72,14 +75,14 @@ class Program:
                 last[name] = i
         self._free = [[n for n, j in last.items() if j == i and n != self.output_name]
                       for i in range(len(self.ops))]
-        self.backend = choose_backend(backend)
-        self.native = (None if self.backend == "reference" else
-                       NativeProgram(self, tensors, load_library(), self.backend.split("-")[1]))
+        self.backend, isa_key = choose(backend, isa)
+        self.isa = None if isa_key is None else ISA_NAMES[isa_key]
+        self.native = (None if isa_key is None else NativeProgram(self, tensors, load_library(), isa_key))
 
     @classmethod
-    def load(cls, folder: str | Path, backend: str | None = None) -> "Program":
+    def load(cls, folder: str | Path, backend: str | None = None, isa: str | None = None) -> "Program":
         manifest, tensors = load_artifact(folder)
-        return cls(manifest, tensors, backend)
+        return cls(manifest, tensors, backend, isa)
 
     @property
     def normalization(self) -> dict:
@@ -111,9 +114,11 @@ class Program:
         return self.run(x)[self.output_name]
 
 
-def load(folder: str | Path, backend: str | None = None) -> Program:
+def load(folder: str | Path, backend: str | None = None, isa: str | None = None) -> Program:
     """Load and verify an export folder (checksums, format version, every tensor).
 
     ``backend``: ``native-avx2``, ``native-scalar`` or ``reference`` (default: ``QAT_RUNTIME``, else
-    the native kernels when they are built; see ``qat.runtime.native``)."""
-    return Program.load(folder, backend)
+    the native kernels when they are built; see ``qat.runtime.native``). ``isa``: ``avx512``,
+    ``avx2`` or ``scalar`` forces one path of the C library (default: ``QAT_NATIVE_ISA``, else the
+    best this CPU runs)."""
+    return Program.load(folder, backend, isa)

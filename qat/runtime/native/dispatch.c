@@ -1,4 +1,5 @@
-/* Run-time choice between the AVX2 and the scalar kernels (the only file that looks at the CPU). */
+/* Run-time choice between the AVX-512, AVX2 and scalar kernels (the only file that looks at the CPU).
+ * qat_int_conv2d chooses between AVX2 and scalar only: the AVX-512 one reads int8 weights. */
 #include "qat_internal.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -17,10 +18,24 @@ int qat_cpu_has_avx2(void)
 #endif
 }
 
+int qat_cpu_has_avx512(void)
+{
+#if QAT_X86
+    __builtin_cpu_init();
+    return qat_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
 int qat_binary_conv2d(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w, int32_t *acc,
                       const int32_t *T, const int8_t *dir, uint64_t *bits, int32_t row0, int32_t row1)
 {
 #if QAT_X86
+    if (qat_cpu_has_avx512())
+        return qat_binary_conv2d_avx512(g, x, w, acc, T, dir, bits, row0, row1);
     if (qat_cpu_has_avx2())
         return qat_binary_conv2d_avx2(g, x, w, acc, T, dir, bits, row0, row1);
 #endif

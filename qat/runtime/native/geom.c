@@ -101,3 +101,17 @@ int64_t qat_int_conv_scratch_elems(const qat_conv_geom *g)
         return -1;
     return 4 * k_pad(g); /* up to 4 im2col rows (the AVX2 kernel's pixel block) */
 }
+
+int64_t qat_int8_weight_bytes(const qat_conv_geom *g)
+{
+    if (qat_conv_geom_check(g) != QAT_OK)
+        return -1;
+    return blocks(g->c_out) * QAT_OC_BLOCK * (qat_int8_k4(g) + 8); /* weights, then 2 int32 per channel */
+}
+
+int64_t qat_int8_conv_scratch_bytes(const qat_conv_geom *g)
+{
+    if (qat_conv_geom_check(g) != QAT_OK)
+        return -1;
+    return 4 * qat_int8_k4(g); /* 4 im2col rows (the VNNI kernel's pixel block) */
+}

@@ -1,8 +1,9 @@
 """The native kernel library (``_qat_kernels*.so``, built from this folder's C files by setup.py),
 loaded with ctypes, and the choice of its instruction set.
 
-``QAT_NATIVE_ISA`` = ``avx2`` | ``scalar`` forces one path of the library (default: AVX2 where the
-CPU has it). ctypes releases the GIL during each call, so threads run kernels in parallel.
+``QAT_NATIVE_ISA`` = ``avx512`` | ``avx2`` | ``scalar`` forces one path of the library (default: the
+best the CPU runs: AVX-512 with VPOPCNTDQ and VNNI, else AVX2, else scalar). ctypes releases the GIL
+during each call, so threads run kernels in parallel.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
-ISAS = ("avx2", "scalar")
+ISAS = ("avx512", "avx2", "scalar")  # best first
+# what each path runs, as Program.isa reports it
+ISA_NAMES = {"avx512": "avx512-vpopcntdq+vnni", "avx2": "avx2", "scalar": "scalar"}
 ERRORS = {-1: "a size or argument is out of range or inconsistent",
           -2: "a value does not fit the kernel's arithmetic"}
 U8, I8, I16, I32 = 0, 1, 2, 3
@@ -61,6 +66,10 @@ _RQ = ctypes.POINTER(Requant)
 _SIGNATURES = {
     "qat_api_version": ([], ctypes.c_int),
     "qat_cpu_has_avx2": ([], ctypes.c_int),
+    "qat_cpu_has_avx512": ([], ctypes.c_int),
+    "qat_int8_weight_bytes": ([_G], ctypes.c_int64),
+    "qat_int8_conv_scratch_bytes": ([_G], ctypes.c_int64),
+    "qat_int8_pack_weights": ([_G, _P, _P, _P], ctypes.c_int),
     "qat_conv_geom_check": ([_G], ctypes.c_int),
     "qat_pool_geom_check": ([_PG], ctypes.c_int),
     "qat_binary_weight_words": ([_G], ctypes.c_int64),
@@ -75,6 +84,8 @@ _SIGNATURES = {
     "qat_requantize": ([_P, ctypes.c_int64, _I, _RQ, _P], ctypes.c_int),
     "qat_maxpool_i32": ([_PG, _P, _P, _I, _I], ctypes.c_int),
     "qat_maxpool_bits": ([_PG, _P, _P, _P, _I, _I], ctypes.c_int),
+    "qat_bn_constants": ([_P, _P, _P, _P, ctypes.c_float, _I, _I, _P, _P], ctypes.c_int),
+    "qat_residual_avx512": ([_P, _P, ctypes.c_int64, _I, _P, _P, _P, _P], ctypes.c_int),
 }
 for _isa in ISAS:
     _SIGNATURES[f"qat_binary_conv2d_{_isa}"] = ([_G, _P, _P, _P, _P, _P, _P, _I, _I], ctypes.c_int)
@@ -89,6 +100,8 @@ def load_library() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(str(path))
     for name, (args, res) in _SIGNATURES.items():
+        if (name.endswith(("_avx2", "_avx512")) or name == "qat_bn_constants") and not hasattr(lib, name):
+            continue  # a build for another architecture has the scalar path only
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res
     if lib.qat_api_version() != 1:
@@ -101,7 +114,8 @@ def available_isas() -> tuple[str, ...]:
     lib = load_library()
     if lib is None:
         return ()
-    return ISAS if lib.qat_cpu_has_avx2() else ("scalar",)
+    return tuple(isa for isa, ok in (("avx512", lib.qat_cpu_has_avx512()), ("avx2", lib.qat_cpu_has_avx2()),
+                                     ("scalar", 1)) if ok)
 
 
 def default_isa() -> str | None:
@@ -124,11 +138,14 @@ def check(rc: int, what: str) -> None:
         raise NativeError(f"{what}: {ERRORS.get(rc, f'error {rc}')}")
 
 
-def ptr(t) -> ctypes.c_void_p:
-    """Address of a contiguous torch tensor or numpy array. The caller must hold a reference to it
-    until the kernel returns: the address alone does not keep it alive."""
-    if hasattr(t, "data_ptr"):
-        assert t.is_contiguous()
-        return ctypes.c_void_p(t.data_ptr())
-    assert t.flags["C_CONTIGUOUS"]
-    return ctypes.c_void_p(t.ctypes.data)
+def ptr(t) -> int:
+    """Address of a contiguous torch tensor or numpy array (ctypes takes it for a pointer argument).
+    The caller must hold a reference to it until the kernel returns: the address alone does not
+    keep it alive."""
+    if isinstance(t, torch.Tensor):
+        if not t.is_contiguous():
+            raise ValueError("a kernel argument must be contiguous")
+        return t.data_ptr()
+    if not t.flags["C_CONTIGUOUS"]:
+        raise ValueError("a kernel argument must be contiguous")
+    return t.ctypes.data

@@ -74,12 +74,18 @@ class _Layer(NativeOp):
         self.c_out = codes.shape[0]
         self.codes = np.ascontiguousarray(codes)
         self.k, self.s, self.p, self.d = k, s, p, d
+        self._geoms = {}
         self.ho = kernels.conv_out_size(h, k[0], s[0], p[0], d[0])
         self.wo = kernels.conv_out_size(w, k[1], s[1], p[1], d[1])
 
     def geom(self, n: int) -> L.ConvGeom:
-        c, h, w = self.in_chw
-        return L.ConvGeom(n, h, w, c, self.c_out, *self.k, *self.s, *self.p, *self.d, self.ho, self.wo)
+        """The geometry for a batch of n (kept: the same few batch sizes come back)."""
+        g = self._geoms.get(n)
+        if g is None:
+            c, h, w = self.in_chw
+            g = self._geoms[n] = L.ConvGeom(n, h, w, c, self.c_out, *self.k, *self.s, *self.p, *self.d, self.ho,
+                                            self.wo)
+        return g
 
 
 class BinaryLayer(_Layer):
@@ -138,7 +144,7 @@ def requant_struct(op) -> tuple[L.Requant, tuple]:
 class IntLayer(_Layer):
     def __init__(self, lib, isa, spec, tensors, in_chw, outputs, requant=None):
         super().__init__(spec, tensors, in_chw, outputs)
-        self.lib, self.fn = lib, getattr(lib, f"qat_int_conv2d_{isa}")
+        self.lib = lib
         lo, hi = Q.code_bounds(spec["input"])
         _, self.zx = Q.scale_and_zero_point(spec["input"])
         if lo >= 0 and hi <= 255:
@@ -157,11 +163,23 @@ class IntLayer(_Layer):
         if np.abs(wz).max(initial=0) > 32767 or bound >= 2 ** 31:
             raise NotNative("weights or accumulators too wide for the int16 x int16 -> int32 kernel")
         g = self.geom(1)
-        self.weights = torch.zeros(int(lib.qat_int_weight_elems(g)), dtype=torch.int16)
         codes, zw32 = np.ascontiguousarray(self.codes, np.int32), np.ascontiguousarray(zw, np.int32)
-        L.check(lib.qat_int_pack_weights(g, L.ptr(codes), L.ptr(zw32), L.ptr(self.weights)),
-                f"pack int weights of {self.name}")
-        self.scratch_elems = int(lib.qat_int_conv_scratch_elems(g))
+        self.kernel = isa
+        if isa == "avx512":  # int8 weights for vpdpbusd, where the operands fit (qat_kernels.h)
+            zu = self.zx if self.x_type == L.U8 else self.zx + 128
+            self.weights = torch.zeros(int(lib.qat_int8_weight_bytes(g)), dtype=torch.int8)
+            rc = lib.qat_int8_pack_weights(g, L.ptr(codes), L.ptr(zw32), L.ptr(self.weights)) if 0 <= zu <= 255 else L.QAT_ERANGE
+            if rc == L.QAT_ERANGE:
+                self.kernel = "avx2"
+            else:
+                L.check(rc, f"pack int8 weights of {self.name}")
+                self.scratch = (int(lib.qat_int8_conv_scratch_bytes(g)), torch.uint8)
+        if self.kernel != "avx512":
+            self.weights = torch.zeros(int(lib.qat_int_weight_elems(g)), dtype=torch.int16)
+            L.check(lib.qat_int_pack_weights(g, L.ptr(codes), L.ptr(zw32), L.ptr(self.weights)),
+                    f"pack int weights of {self.name}")
+            self.scratch = (int(lib.qat_int_conv_scratch_elems(g)), torch.int16)
+        self.fn = getattr(lib, f"qat_int_conv2d_{self.kernel}")
         self.rq = self.rq_keep = None
         if requant is not None:
             self.rq, self.rq_keep = requant_struct(requant)
@@ -182,7 +200,7 @@ class IntLayer(_Layer):
         xp, wp = L.ptr(x), L.ptr(self.weights)
 
         def rows(r0, r1):
-            scratch = torch.empty(self.scratch_elems, dtype=torch.int16)
+            scratch = torch.empty(self.scratch[0], dtype=self.scratch[1])
             L.check(self.fn(g, xp, self.x_type, self.zx, wp, L.ptr(scratch), acc,
                             None if rq is None else rq, codes, r0, r1), self.name)
 

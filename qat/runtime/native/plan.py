@@ -2,7 +2,8 @@
 
 ``NativeProgram`` walks the manifest once per mode: ``fused`` (conv -> [maxpool] -> threshold becomes
 one binary layer writing packed bits, max pooling done on the bits; int conv -> requantize one int
-layer writing codes) for speed, ``unfused`` (every manifest value computed, for ``run(keep=True)``).
+layer writing codes; on AVX-512, a ResNet block's float chain dequantize -> ... -> quantize one
+``residual.ResidualStage``) for speed, ``unfused`` (every manifest value computed, for ``run(keep=True)``).
 An op without a native kernel runs as the reference op on reference-layout inputs; values convert
 between the layouts only where a reference op meets a native one.
 """
@@ -14,6 +15,7 @@ from collections import Counter
 import torch
 
 from qat.runtime.native import ops as N
+from qat.runtime.native.residual import residual_stage
 from qat.runtime.native.values import NATIVE, reference
 
 
@@ -51,6 +53,15 @@ class NativeProgram:
         self.readers = Counter(n for op in program.ops for n in op.inputs)
         self.readers[program.output_name] += 1  # the caller reads the output
         self.plans = {fuse: self._plan(fuse) for fuse in (True, False)}
+        self.free = self._free_lists(self.plans[True])  # values to drop after each fused step
+
+    def _free_lists(self, steps) -> list[list[str]]:
+        last = {}
+        for i, s in enumerate(steps):
+            for name in s.inputs:
+                last[name] = i
+        return [[n for n in s.inputs if last[n] == i and n != self.program.output_name]
+                for i, s in enumerate(steps)]
 
     # ----------------------------------------------------------------- planning
     def _in_chw(self, op, producers) -> tuple[int, int, int]:
@@ -79,6 +90,11 @@ class NativeProgram:
                     step, used = self._binary(op, ops, i, producers, fuse)
                 elif kind in ("conv2d", "linear") and op.compute == "int":
                     step, used = self._int(op, ops, i, producers, fuse)
+                elif (fuse and self.isa == "avx512" and len(self.values[op.inputs[0]]["shape"]) == 4 and (
+                        (kind == "dequantize" and op.inputs[0] in native_i32) or
+                        (kind in ("batchnorm", "quantize") and self.values[op.inputs[0]]["dtype"] == "float32"))):
+                    gaps, step, used = residual_stage(self, ops, i, _chw(self.values, op.inputs[0])) or ([], None, 1)
+                    steps += [RefStep(g) for g in gaps]  # a shortcut the stage adds, computed first
                 elif kind == "maxpool2d" and op.inputs[0] in native_i32:
                     step = N.MaxPoolI32(self.lib, op.spec, _chw(self.values, op.inputs[0]))
                 elif kind == "threshold" and op.inputs[0] in native_i32:
@@ -137,18 +153,15 @@ class NativeProgram:
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, keep: bool) -> dict:
-        steps = self.plans[not keep]
         env = {self.program.input_name: x}
-        last = {}
-        for i, s in enumerate(steps):
-            for name in s.inputs:
-                last[name] = i
-        for i, s in enumerate(steps):
-            s.run(env)
-            if not keep:
-                for name in s.inputs:
-                    if last[name] == i and name != self.program.output_name:
-                        env.pop(name, None)
+        if keep:
+            for s in self.plans[False]:
+                s.run(env)
+        else:
+            for s, free in zip(self.plans[True], self.free):
+                s.run(env)
+                for name in free:
+                    env.pop(name, None)
         if keep:
             return {k: reference(v).contiguous() for k, v in env.items()}
         return {self.program.output_name: reference(env[self.program.output_name]).contiguous()}

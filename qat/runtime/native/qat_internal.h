@@ -6,6 +6,12 @@
 
 #define QAT_MAX_ELEMS ((int64_t)1 << 40) /* any one buffer: far above a real network, far below overflow */
 
+/* the reduction length of the int8 (VNNI) layout: K = kh kw c_in rounded up to a multiple of 4 */
+static inline int64_t qat_int8_k4(const qat_conv_geom *g)
+{
+    return ((int64_t)g->kh * g->kw * g->c_in + 3) / 4 * 4;
+}
+
 static inline int64_t qat_floor_shift(int64_t v, int n)
 {
     /* floor(v / 2^n) without relying on >> of a negative number (implementation-defined in C99) */
@@ -123,6 +129,18 @@ static inline int32_t qat_window_row(const qat_conv_geom *g, const uint64_t *x, 
     return npos;
 }
 
+/* The arguments of a binary convolution (qat_kernels.h): the reduction row's words, or -1 */
+static inline int64_t qat_binary_args_check(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                                            const int32_t *acc, const int32_t *T, const int8_t *dir,
+                                            const uint64_t *bits, int32_t row0, int32_t row1)
+{
+    int64_t rw;
+    if (qat_rows_check(g, row0, row1) != QAT_OK || !x || !w || (!acc == !bits) || (bits && (!T || !dir)))
+        return -1;
+    rw = qat_binary_row_words(g);
+    return rw > QAT_ROW_WORDS ? -1 : rw;
+}
+
 /* popcounts of (row XOR w[j][l]) [AND mask] summed over nw words, for the 16 channels l of a block */
 typedef void (*qat_count_fn)(const uint64_t *row, const uint64_t *mask, const uint64_t *w, int64_t nw,
                              uint64_t *tot);
@@ -134,12 +152,9 @@ static inline int qat_binary_conv_rows(const qat_conv_geom *g, const uint64_t *x
                                        int32_t row0, int32_t row1, qat_count_fn count)
 {
     uint64_t row[QAT_ROW_WORDS], mask[QAT_ROW_WORDS], tot[QAT_OC_BLOCK];
-    int64_t rw, cwo, nblk;
+    int64_t rw = qat_binary_args_check(g, x, w, acc, T, dir, bits, row0, row1), cwo, nblk;
     int32_t r;
-    if (qat_rows_check(g, row0, row1) != QAT_OK || !x || !w || (!acc == !bits) || (bits && (!T || !dir)))
-        return QAT_EARG;
-    rw = qat_binary_row_words(g);
-    if (rw > QAT_ROW_WORDS)
+    if (rw < 0)
         return QAT_EARG;
     cwo = qat_sign_words(g->c_out);
     nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;

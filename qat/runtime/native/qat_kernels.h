@@ -10,8 +10,9 @@
  *
  * Every kernel exists as a portable scalar function (suffix _scalar, __builtin_popcountll) and, on
  * x86-64, an AVX2 function (suffix _avx2, compiled with __attribute__((target("avx2,popcnt"))) only,
- * never with -mavx2 for the whole library). The unsuffixed names (dispatch.c) choose the AVX2
- * function at run time when __builtin_cpu_supports("avx2") says the CPU has it. Both produce
+ * never with -mavx2 for the whole library) and an AVX-512 function (suffix _avx512: VPOPCNTDQ for
+ * the binary convolution, VNNI for the 8-bit one; target attributes only). The unsuffixed names
+ * (dispatch.c) choose the best function the CPU runs (__builtin_cpu_supports). All produce
  * bit-identical results.
  *
  * Layouts (all little-endian, C order):
@@ -106,6 +107,8 @@ typedef struct qat_pool_geom {
 /* ------------------------------------------------------------------ CPU features, sizes */
 int qat_api_version(void);
 int qat_cpu_has_avx2(void); /* 1 when the AVX2 functions may run on this CPU */
+/* 1 when the AVX-512 functions may run: F, BW, VL, DQ, VPOPCNTDQ and VNNI (Ice Lake, Zen 4 and later) */
+int qat_cpu_has_avx512(void);
 int qat_conv_geom_check(const qat_conv_geom *g); /* QAT_OK when g is consistent */
 int qat_pool_geom_check(const qat_pool_geom *g);
 int64_t qat_sign_words(int32_t c); /* cw = ceil(c / 64) */
@@ -114,6 +117,8 @@ int qat_binary_dense(const qat_conv_geom *g); /* 1: dense weight rows, 0: per po
 int64_t qat_binary_row_words(const qat_conv_geom *g); /* words of one reduction row (<= QAT_ROW_WORDS) */
 int64_t qat_int_weight_elems(const qat_conv_geom *g);     /* int16 elements of packed int weights */
 int64_t qat_int_conv_scratch_elems(const qat_conv_geom *g); /* int16 scratch per calling thread */
+int64_t qat_int8_weight_bytes(const qat_conv_geom *g);   /* bytes of int8 packed weights (VNNI) */
+int64_t qat_int8_conv_scratch_bytes(const qat_conv_geom *g); /* byte scratch per calling thread (VNNI) */
 
 /* ------------------------------------------------------------------ packing (binary_pack.c) */
 /* int8 codes NHWC [pixels][c] -> packed signs [pixels][cw]: bit = (code > 0) */
@@ -138,6 +143,9 @@ int qat_binary_conv2d_scalar(const qat_conv_geom *g, const uint64_t *x, const ui
 int qat_binary_conv2d_avx2(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
                            int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
                            int32_t row0, int32_t row1);
+int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                             int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                             int32_t row0, int32_t row1);
 
 /* ------------------------------------------------------------------ integer convolution */
 /* int codes - zero point: w - zw[o] for each (o, k) of OHWI int32 codes [c_out][K] */
@@ -165,6 +173,22 @@ int qat_int_conv2d_scalar(const qat_conv_geom *g, const void *x, int32_t x_type,
 int qat_int_conv2d_avx2(const qat_conv_geom *g, const void *x, int32_t x_type, int32_t zx,
                         const int16_t *w, int16_t *scratch, int32_t *acc, const qat_requant *rq,
                         void *out, int32_t row0, int32_t row1);
+
+/* The AVX-512 VNNI integer convolution (int_conv_avx512.c) reads int8 weights. Weight codes are read
+ * as unsigned bytes wu (w for codes in 0..255, w + 128 for codes in -128..127; other codes:
+ * QAT_ERANGE from the packing) with zero point zwu = zw + the same offset, activations likewise as
+ * u with zero point zu (zx for uint8 codes, zx + 128 for int8 codes, which must lie in 0..255:
+ * QAT_ERANGE from the kernel otherwise). Then, over the K entries of a pixel's reduction,
+ *   acc = sum (u - zu)(wu - zwu) = sum u (wu - 128) + A[o] Su + zu B[o],
+ *   A[o] = 128 - zwu[o], B[o] = K zwu[o] - sum wu[o], Su = sum u,
+ * all mod 2^32 (exact, as |acc| < 2^31). Layout: [c_out_pad / 16][K4 / 4][16][4] int8 wu - 128,
+ * K4 = 4 ceil(K / 4), padded entries 0, then A[c_out_pad] and B[c_out_pad] as int32.
+ * scratch: qat_int8_conv_scratch_bytes(g). Same outputs as qat_int_conv2d. No unsuffixed
+ * dispatcher: the caller packs for the kernel it runs. */
+int qat_int8_pack_weights(const qat_conv_geom *g, const int32_t *codes, const int32_t *zw, int8_t *out);
+int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_t x_type, int32_t zx,
+                          const int8_t *w, uint8_t *scratch, int32_t *acc, const qat_requant *rq,
+                          void *out, int32_t row0, int32_t row1);
 
 /* ------------------------------------------------------------------ output stages (output.c) */
 /* int32 acc [pixels][c] -> packed signs [pixels][cw] */

@@ -11,6 +11,8 @@ import torch
 from qat.runtime.native import library as L
 
 SOURCES = sorted(L.HERE.glob("*.c")) + sorted(L.HERE.glob("*.h"))
+# the fused float stage of the runtime (residual.py): float code, never part of the C program
+RUNTIME_ONLY = {"residual_avx512.c", "qat_residual.h"}
 
 
 def _code(path):
@@ -22,7 +24,8 @@ def _code(path):
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
 def test_sources_use_no_float_malloc_or_python(path):
     code = _code(path)
-    for word in ("float", "double", "malloc", "calloc", "realloc", "free", "Python"):
+    banned = ("malloc", "calloc", "realloc", "free", "Python")
+    for word in banned if path.name in RUNTIME_ONLY else ("float", "double") + banned:
         assert not re.search(rf"\b{word}\b", code), f"{path.name} uses {word}"
     assert "#include <Python.h>" not in path.read_text()
 
@@ -49,6 +52,20 @@ def test_inconsistent_sizes_are_refused():
         assert fn(bad_out, L.ptr(x), L.ptr(w), L.ptr(acc), None, None, None, 0, 4) == L.QAT_EARG
         assert fn(good, L.ptr(x), L.ptr(w), L.ptr(acc), None, None, None, 0, 5) == L.QAT_EARG  # rows
         assert fn(good, L.ptr(x), L.ptr(w), None, None, None, None, 0, 4) == L.QAT_EARG  # no output
+    if "avx512" in L.available_isas():  # the VNNI kernel: sizes, and the zero point's byte
+        g = L.ConvGeom(1, 4, 4, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4)
+        codes = torch.zeros(16, 72, dtype=torch.int32)
+        w8 = torch.zeros(int(lib.qat_int8_weight_bytes(g)), dtype=torch.int8)
+        assert lib.qat_int8_pack_weights(g, L.ptr(codes), None, L.ptr(w8)) == 0
+        assert lib.qat_int8_pack_weights(g, L.ptr(codes.fill_(300)), None, L.ptr(w8)) == L.QAT_ERANGE
+        xu = torch.zeros(1, 4, 4, 8, dtype=torch.uint8)
+        scratch = torch.zeros(int(lib.qat_int8_conv_scratch_bytes(g)), dtype=torch.uint8)
+        run = lambda geom, zx, r1: lib.qat_int_conv2d_avx512(geom, L.ptr(xu), L.U8, zx, L.ptr(w8), L.ptr(scratch),
+                                                            L.ptr(acc), None, None, 0, r1)
+        assert run(g, 3, 4) == 0
+        assert run(g, -1, 4) == L.QAT_ERANGE  # uint8 codes with a negative zero point
+        assert run(bad_out, 3, 4) == L.QAT_EARG
+        assert run(g, 3, 5) == L.QAT_EARG
     with pytest.raises(L.NativeError, match="out of range or inconsistent"):
         L.check(lib.qat_pack_signs(L.ptr(x), -1, 8, L.ptr(w)), "pack")
 
@@ -58,3 +75,13 @@ def test_python_constants_match_the_header():
     for name, value in (("QAT_ROW_WORDS", L.ROW_WORDS), ("QAT_EARG", L.QAT_EARG), ("QAT_ERANGE", L.QAT_ERANGE),
                         ("QAT_U8", L.U8), ("QAT_I8", L.I8), ("QAT_I16", L.I16), ("QAT_I32", L.I32)):
         assert re.search(rf"#define {name} \(?{value}\)?\b", header), name
+
+
+def test_runtime_only_sources_stay_out_of_the_c_program():
+    from qat.export.c import emit
+
+    copied = set(emit.COMMON) | set(emit.HEADERS) | {f for fs in emit.SOURCES.values() for f in fs}
+    assert RUNTIME_ONLY <= {p.name for p in SOURCES} and not RUNTIME_ONLY & copied
+    for name in copied:  # and nothing the program compiles includes them
+        if (L.HERE / name).exists():
+            assert "qat_residual.h" not in (L.HERE / name).read_text(), name

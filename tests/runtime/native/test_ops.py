@@ -1,5 +1,6 @@
-"""Native ops against exact references on random shapes, on both dispatch paths (AVX2 and scalar):
-odd channel counts, reductions not a multiple of 64, strides, padding, 1x1 kernels, batch 1."""
+"""Native ops against exact references on random shapes, on every path of the library (AVX-512,
+AVX2, scalar): odd channel counts, reductions not a multiple of 64, strides, padding, 1x1 kernels,
+batch 1."""
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from qat.runtime.native import library as L
 from qat.runtime.native import ops as N
 from qat.runtime.native.values import Nhwc, Packed, as_packed
 from qat.runtime.packing import pack_bits
+from tests.runtime.native.isas import ALL_ISAS
 
 pytestmark = pytest.mark.skipif(L.load_library() is None, reason="native kernel library not built")
 ISAS = L.available_isas() or ("scalar",)
@@ -22,7 +24,7 @@ ISAS = L.available_isas() or ("scalar",)
 @st.composite
 def conv_case(draw):
     c = draw(st.sampled_from([1, 3, 17, 63, 64, 65, 100, 128, 130]))
-    o = draw(st.sampled_from([1, 5, 16, 17, 33]))
+    o = draw(st.sampled_from([1, 5, 16, 17, 33, 48, 64]))
     k = draw(st.sampled_from([1, 2, 3, 5]))
     s = draw(st.integers(1, 2))
     p = draw(st.integers(0, 2))
@@ -30,7 +32,7 @@ def conv_case(draw):
     lo = max(1, d * (k - 1) + 1 - 2 * p)
     h, w = draw(st.integers(lo, lo + 6)), draw(st.integers(lo, lo + 6))
     n = draw(st.sampled_from([1, 2, 3]))
-    return c, o, k, s, p, d, h, w, n, draw(st.integers(0, 2 ** 31)), draw(st.sampled_from(ISAS)), draw(st.integers(1, 2))
+    return c, o, k, s, p, d, h, w, n, draw(st.integers(0, 2 ** 31)), draw(st.integers(1, 2))
 
 
 def _pm1(shape, g):
@@ -50,10 +52,11 @@ def _binary_weight(wt_ohwi):
         "shape": list(wt_ohwi.shape)}
 
 
-@settings(max_examples=50, deadline=None)
-@given(conv_case())
-def test_binary_conv_accumulators_threshold_and_pooled_bits(case):
-    c, o, k, s, p, d, h, w, n, seed, isa, threads = case
+@pytest.mark.parametrize("isa", ALL_ISAS)
+@settings(max_examples=80, deadline=None)
+@given(case=conv_case())
+def test_binary_conv_accumulators_threshold_and_pooled_bits(isa, case):
+    c, o, k, s, p, d, h, w, n, seed, threads = case
     g = torch.Generator().manual_seed(seed)
     x, wt = _pm1((n, c, h, w), g), _pm1((o, c, k, k), g)
     ref = F.conv2d(x.double(), wt.double(), stride=s, padding=p, dilation=d).to(torch.int32)
@@ -90,10 +93,11 @@ def test_binary_conv_accumulators_threshold_and_pooled_bits(case):
         torch.set_num_threads(1)
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 5), st.integers(1, 5), st.integers(1, 20), st.integers(1, 3),
-       st.integers(0, 2 ** 31), st.sampled_from(ISAS))
-def test_binary_linear_over_a_flattened_map(c, h, w, o, n, seed, isa):
+@pytest.mark.parametrize("isa", ALL_ISAS)
+@settings(max_examples=20, deadline=None)
+@given(c=st.integers(1, 40), h=st.integers(1, 5), w=st.integers(1, 5), o=st.integers(1, 20), n=st.integers(1, 3),
+       seed=st.integers(0, 2 ** 31))
+def test_binary_linear_over_a_flattened_map(isa, c, h, w, o, n, seed):
     """A linear layer after a flatten runs as an h x w convolution on the NHWC map."""
     g = torch.Generator().manual_seed(seed)
     x, wt = _pm1((n, c, h, w), g), _pm1((o, c * h * w), g)
@@ -105,11 +109,13 @@ def test_binary_linear_over_a_flattened_map(c, h, w, o, n, seed, isa):
     assert torch.equal(env["y"].reference(), ref)
 
 
-@settings(max_examples=50, deadline=None)
-@given(conv_case(), st.sampled_from([(0, 255, 0), (0, 255, 131), (-128, 127, 0), (-127, 127, 3)]),
-       st.sampled_from([(-127, 127), (-128, 127), (0, 255), (-1, 1)]), st.booleans())
-def test_int_conv_accumulators_and_requantized_codes(case, xr, wr, out_signed):
-    c, o, k, s, p, d, h, w, n, seed, isa, threads = case
+@pytest.mark.parametrize("isa", ALL_ISAS)
+@settings(max_examples=80, deadline=None)
+@given(case=conv_case(), xr=st.sampled_from([(0, 255, 0), (0, 255, 131), (0, 255, 255), (-128, 127, 0),
+                                             (-127, 127, 3), (-128, 127, -128), (0, 255, -7)]),
+       wr=st.sampled_from([(-127, 127), (-128, 127), (0, 255), (-1, 1)]), out_signed=st.booleans())
+def test_int_conv_accumulators_and_requantized_codes(isa, case, xr, wr, out_signed):
+    c, o, k, s, p, d, h, w, n, seed, threads = case
     xlo, xhi, zx = xr
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(xlo, xhi + 1, (n, c, h, w), generator=g)
@@ -129,7 +135,10 @@ def test_int_conv_accumulators_and_requantized_codes(case, xr, wr, out_signed):
     torch.set_num_threads(threads)
     try:
         env = {"x": xin}
-        N.IntLayer(lib, isa, spec, tensors, (c, h, w), ["y"]).run(env)
+        layer = N.IntLayer(lib, isa, spec, tensors, (c, h, w), ["y"])
+        # the VNNI kernel takes every 8-bit weight; the zero point's byte must lie in 0..255
+        assert layer.kernel == (isa if isa != "avx512" or zx != -7 else "avx2")
+        layer.run(env)
         assert torch.equal(env["y"].reference(), ref)
 
         m0, nsh = zip(*(quantize_multiplier(float(v)) for v in torch.rand(o, generator=g) * 0.05 + 1e-4))

@@ -1,6 +1,7 @@
 """The native runtime computes exactly what the reference runtime computes, on every recipe's
 export: the same int32 accumulators and codes at every value (``run(keep=True)``, unfused) and the
-same output with the fused plan, on both dispatch paths; and the backend is chosen as documented."""
+same output with the fused plan, on every path of the library (AVX-512, AVX2, scalar); and the
+backend and ISA are chosen as documented."""
 
 import pytest
 import torch
@@ -8,11 +9,14 @@ import torch
 from qat.export import export_model
 from qat.runtime import load
 from qat.runtime.native import choose_backend, library as L
+from qat.runtime.native.ops import IntLayer
+from qat.runtime.native.residual import ResidualStage
 from qat.runtime.native.values import NATIVE
 from tests.export.models import NORM, RECIPES, SHAPE, deployed, inputs
+from tests.runtime.native.isas import ALL_ISAS
 
 pytestmark = pytest.mark.skipif(L.load_library() is None, reason="native kernel library not built")
-NATIVE_BACKENDS = [f"native-{isa}" for isa in L.available_isas()]
+NATIVE_BACKENDS = [f"native-{isa}" for isa in L.available_isas() if isa != "avx512"]
 # what must run natively: the layers whose compute mode has a kernel
 EXPECT_NATIVE = {"bnn": "xnor_popcount", "qat_uint8": "int", "linear": "int"}
 # every recipe on ResNet-20; VGG-small (max pooling, flatten, linear layers) and the MLP for the
@@ -31,26 +35,33 @@ def exports(tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize("isa", ALL_ISAS)
 @pytest.mark.parametrize("model,recipe", CASES)
-def test_every_value_is_bit_identical(exports, model, recipe):
+def test_every_value_is_bit_identical(exports, model, recipe, isa):
     folder = exports[model, recipe]
     ref = load(folder, backend="reference")
     x = inputs(5)
     want = ref.run(x, keep=True)
     out, out1 = ref(x), ref(x[:1])
-    for backend in NATIVE_BACKENDS:
-        prog = load(folder, backend=backend)
-        assert prog.backend == backend
-        got = prog.run(x, keep=True)
-        assert set(got) == set(want)
-        for name, v in want.items():
-            assert not isinstance(got[name], NATIVE)
-            assert got[name].dtype == v.dtype and torch.equal(got[name], v), f"{backend}: value {name}"
-        assert torch.equal(prog(x), out)  # the fused plan
-        assert torch.equal(prog(x[:1]), out1)  # batch 1
-        if recipe in EXPECT_NATIVE:
-            computes = {op["name"] for op in prog.manifest["ops"] if op.get("compute") == EXPECT_NATIVE[recipe]}
-            assert computes and computes <= set(prog.native.native_ops(fused=False))
+    prog = load(folder, isa=isa)
+    backend = prog.backend
+    assert prog.isa == L.ISA_NAMES[isa] and backend == ("native-scalar" if isa == "scalar" else "native-avx2")
+    got = prog.run(x, keep=True)
+    assert set(got) == set(want)
+    for name, v in want.items():
+        assert not isinstance(got[name], NATIVE)
+        assert got[name].dtype == v.dtype and torch.equal(got[name], v), f"{backend}: value {name}"
+    assert torch.equal(prog(x), out)  # the fused plan
+    assert torch.equal(prog(x[:1]), out1)  # batch 1
+    if recipe in EXPECT_NATIVE:
+        computes = {op["name"] for op in prog.manifest["ops"] if op.get("compute") == EXPECT_NATIVE[recipe]}
+        assert computes and computes <= set(prog.native.native_ops(fused=False))
+    if isa == "avx512" and recipe == "qat_uint8":  # int8 weights and uint8 codes: all on VNNI
+        kernels = {s.kernel for s in prog.native.plans[True] if isinstance(s, IntLayer)}
+        assert kernels == {"avx512"}
+    if isa == "avx512" and model == "resnet20" and recipe in EXPECT_NATIVE:  # each block's float chain fused
+        stages = [s for s in prog.native.plans[True] if isinstance(s, ResidualStage)]
+        assert len(stages) >= 9, [s.name for s in stages]
 
 
 def test_fusion_removes_intermediate_values(exports):
@@ -66,9 +77,16 @@ def test_backend_choice(monkeypatch, exports):
     monkeypatch.setenv("QAT_RUNTIME", "reference")
     assert load(folder).backend == "reference" and load(folder).native is None
     monkeypatch.delenv("QAT_RUNTIME")
-    assert load(folder).backend == NATIVE_BACKENDS[0]
+    best = load(folder)
+    assert (best.backend, best.isa) == (NATIVE_BACKENDS[0], L.ISA_NAMES[L.available_isas()[0]])
     monkeypatch.setenv("QAT_NATIVE_ISA", "scalar")
-    assert load(folder).backend == "native-scalar"
+    assert (load(folder).backend, load(folder).isa) == ("native-scalar", "scalar")
+    if "avx2" in L.available_isas():
+        monkeypatch.setenv("QAT_NATIVE_ISA", "avx2")
+        assert (load(folder).backend, load(folder).isa) == ("native-avx2", "avx2")
+        assert load(folder, backend="native-avx2").isa == "avx2"  # the variable picks the backend's path
+    with pytest.raises(ValueError, match="does not belong"):
+        load(folder, backend="native-scalar", isa=L.available_isas()[0] if len(L.available_isas()) > 1 else "x")
     monkeypatch.setenv("QAT_NATIVE_ISA", "sse9")
     with pytest.raises(ValueError, match="QAT_NATIVE_ISA"):
         choose_backend()

@@ -1,0 +1,217 @@
+/* Integer (8-bit codes) convolution, AVX-512 VNNI path. vpdpbusd multiplies 4 unsigned bytes by 4
+ * signed bytes and adds the 4 products (each within int16, their sum within int32) to an int32
+ * lane without saturation: exact. Operands (qat_kernels.h):
+ *   activations: the im2col row of the codes as unsigned bytes u (x, or x + 128 for int8 codes),
+ *     padded positions holding the zero point's byte zu, so that u - zu = 0 there;
+ *   weights: wu - 128 as int8 (qat_int8_pack_weights), with per-channel constants A, B;
+ *   acc = sum_k u_k (wu_k - 128) + A[o] Su + zu B[o]  (mod 2^32, hence exact: |acc| < 2^31),
+ *   Su = sum_k u_k of the pixel's row (vpsadbw).
+ * Register block: 4 pixels x 32 output channels (8 zmm accumulators; one weight vector serves 4
+ * pixels, one broadcast activation dword 32 channels), 16-channel blocks at the tail. The fused
+ * requantization runs on 8 int64 lanes (vpmullq, vpsravq), the scalar path's arithmetic. */
+#include "qat_internal.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#include <string.h>
+
+#define QAT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#define PIX 4
+
+/* n bytes from src (xor flip: int8 codes to their unsigned byte) and n bytes of value v, with
+ * 64-byte (masked) vector moves instead of library calls for these short runs */
+QAT_VNNI static inline void copy_bytes(uint8_t *dst, const uint8_t *src, int64_t n, uint8_t flip)
+{
+    __m512i f = _mm512_set1_epi8((char)flip);
+    int64_t i;
+    for (i = 0; i + 64 <= n; i += 64)
+        _mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(src + i), f));
+    if (i < n) {
+        __mmask64 k = ~(__mmask64)0 >> (64 - (n - i));
+        _mm512_mask_storeu_epi8(dst + i, k, _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src + i), f));
+    }
+}
+
+QAT_VNNI static inline void fill_bytes(uint8_t *dst, uint8_t v, int64_t n)
+{
+    __m512i b = _mm512_set1_epi8((char)v);
+    int64_t i;
+    for (i = 0; i + 64 <= n; i += 64)
+        _mm512_storeu_si512(dst + i, b);
+    if (i < n)
+        _mm512_mask_storeu_epi8(dst + i, ~(__mmask64)0 >> (64 - (n - i)), b);
+}
+
+/* the im2col row of output pixel (img, oy, ox) as unsigned bytes: k4 bytes */
+QAT_VNNI static inline void u8_row(const qat_conv_geom *g, const void *x, int32_t x_type, uint8_t zu, int32_t img,
+                                   int32_t oy, int32_t ox, int64_t k4, uint8_t *row)
+{
+    int32_t ky, kx, c = g->c_in, iy0 = oy * g->sh - g->ph, ix0 = ox * g->sw - g->pw;
+    int64_t k = (int64_t)g->kh * g->kw * c, run = (int64_t)g->kw * c;
+    uint8_t flip = x_type == QAT_U8 ? 0 : 0x80, *dst = row;
+    const uint8_t *xb = (const uint8_t *)x;
+    for (ky = 0; ky < g->kh; ky++) {
+        int32_t iy = iy0 + ky * g->dh;
+        int64_t line = ((int64_t)img * g->h + iy) * g->w;
+        if (iy < 0 || iy >= g->h) {
+            fill_bytes(dst, zu, run);
+        } else if (g->dw == 1 && ix0 >= 0 && ix0 + g->kw <= g->w) { /* one run of bytes */
+            copy_bytes(dst, xb + (line + ix0) * c, run, flip);
+        } else {
+            for (kx = 0; kx < g->kw; kx++) {
+                int32_t ix = ix0 + kx * g->dw;
+                if (ix < 0 || ix >= g->w)
+                    fill_bytes(dst + (int64_t)kx * c, zu, c);
+                else
+                    copy_bytes(dst + (int64_t)kx * c, xb + (line + ix) * c, c, flip);
+            }
+        }
+        dst += run;
+    }
+    fill_bytes(row + k, 0, k4 - k);
+}
+
+/* requantized codes of 8 channels (int64 lanes) of one pixel: clamp(Z + floor((((acc << f) + b) M0
+ * + 2^(n-1)) / 2^n)) exactly as qat_requant1 */
+QAT_VNNI static inline __m256i requant8(__m256i acc, const qat_requant *rq, int32_t c0, __mmask8 keep)
+{
+    __m512i a = _mm512_cvtepi32_epi64(acc);
+    __m512i f = _mm512_cvtepi8_epi64(_mm_maskz_loadu_epi8(keep, rq->bias_shift + c0));
+    __m512i n = _mm512_cvtepi8_epi64(_mm_maskz_loadu_epi8(keep, rq->shift + c0));
+    __m512i b = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(keep, rq->bias + c0));
+    __m512i m = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(keep, rq->m0 + c0));
+    __m512i one = _mm512_set1_epi64(1);
+    __m512i v = _mm512_mullo_epi64(_mm512_add_epi64(_mm512_sllv_epi64(a, f), b), m);
+    v = _mm512_add_epi64(v, _mm512_srli_epi64(_mm512_sllv_epi64(one, n), 1)); /* 2^(n-1), 0 for n = 0 */
+    v = _mm512_add_epi64(_mm512_srav_epi64(v, n), _mm512_set1_epi64(rq->zero_point));
+    v = _mm512_min_epi64(_mm512_max_epi64(v, _mm512_set1_epi64(rq->lo)), _mm512_set1_epi64(rq->hi));
+    return _mm512_cvtepi64_epi32(v);
+}
+
+/* Su: the sum of a row's k4 bytes */
+QAT_VNNI static inline int32_t row_sum(const uint8_t *row, int64_t k4)
+{
+    __m512i t = _mm512_setzero_si512();
+    int64_t i;
+    for (i = 0; i + 64 <= k4; i += 64)
+        t = _mm512_add_epi64(t, _mm512_sad_epu8(_mm512_loadu_si512(row + i), _mm512_setzero_si512()));
+    if (i < k4)
+        t = _mm512_add_epi64(t, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(~(__mmask64)0 >> (64 - (k4 - i)), row + i),
+                                                _mm512_setzero_si512()));
+    return (int32_t)(uint32_t)_mm512_reduce_add_epi64(t); /* mod 2^32 */
+}
+
+/* output stage of one pixel, channels oc0 .. oc0 + 15 (fewer at the end): dot + A Su + zu B,
+ * given corr = zu B and the block's A */
+QAT_VNNI static inline void emit16(const qat_conv_geom *g, int64_t pixel, int32_t oc0, __m512i dot,
+                                   __m512i a, int32_t su, __m512i corr, int32_t *acc, const qat_requant *rq,
+                                   void *out)
+{
+    int32_t m = g->c_out - oc0 < QAT_OC_BLOCK ? g->c_out - oc0 : QAT_OC_BLOCK;
+    __mmask16 keep = (__mmask16)((1u << m) - 1u);
+    __m512i v = _mm512_add_epi32(_mm512_add_epi32(dot, corr), _mm512_mullo_epi32(a, _mm512_set1_epi32(su)));
+    int64_t at = pixel * g->c_out + oc0;
+    if (acc) {
+        _mm512_mask_storeu_epi32(acc + at, keep, v);
+        return;
+    }
+    v = _mm512_inserti64x4(_mm512_castsi256_si512(requant8(_mm512_castsi512_si256(v), rq, oc0, (__mmask8)keep)),
+                           requant8(_mm512_extracti64x4_epi64(v, 1), rq, oc0 + 8, (__mmask8)(keep >> 8)), 1);
+    switch (rq->out_type) {
+    case QAT_U8: _mm512_mask_cvtepi32_storeu_epi8((uint8_t *)out + at, keep, v); break;
+    case QAT_I8: _mm512_mask_cvtepi32_storeu_epi8((int8_t *)out + at, keep, v); break;
+    case QAT_I16: _mm512_mask_cvtepi32_storeu_epi16((int16_t *)out + at, keep, v); break;
+    default: _mm512_mask_storeu_epi32((int32_t *)out + at, keep, v); break;
+    }
+}
+
+QAT_VNNI static inline __m512i bcast4(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_t x_type, int32_t zx,
+                                   const int8_t *w, uint8_t *scratch, int32_t *acc, const qat_requant *rq,
+                                   void *out, int32_t row0, int32_t row1)
+{
+    int64_t k4, kq, nblk, wblk;
+    const int32_t *consta, *constb;
+    int32_t r, zu;
+    int rc = qat_int_args_check(g, x, x_type, zx, (const int16_t *)w, (const int16_t *)scratch, acc, rq, out,
+                                row0, row1);
+    if (rc != QAT_OK)
+        return rc;
+    zu = x_type == QAT_U8 ? zx : zx + 128;
+    if (zu < 0 || zu > 255)
+        return QAT_ERANGE;
+    k4 = qat_int8_k4(g);
+    kq = k4 / 4;
+    nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;
+    wblk = k4 * QAT_OC_BLOCK; /* bytes of one 16-channel block */
+    consta = (const int32_t *)(const void *)(w + nblk * wblk);
+    constb = consta + nblk * QAT_OC_BLOCK;
+    for (r = row0; r < row1; r++) {
+        int32_t img = r / g->ho, oy = r % g->ho, ox;
+        for (ox = 0; ox < g->wo; ox += PIX) {
+            int32_t np = g->wo - ox < PIX ? g->wo - ox : PIX, p, su[PIX];
+            const uint8_t *a0 = scratch, *a1 = scratch + k4, *a2 = scratch + 2 * k4, *a3 = scratch + 3 * k4;
+            for (p = 0; p < np; p++) {
+                u8_row(g, x, x_type, (uint8_t)zu, img, oy, ox + p, k4, scratch + p * k4);
+                su[p] = row_sum(scratch + p * k4, k4);
+            }
+            for (p = np; p < PIX; p++) /* a partial block computes on copies of its first row */
+                memcpy(scratch + p * k4, scratch, (size_t)k4);
+            for (int64_t b = 0; b < nblk; b += 2) {
+                const int8_t *w0 = w + b * wblk, *w1 = w0 + (b + 1 < nblk ? wblk : 0);
+                __m512i s00 = _mm512_setzero_si512(), s01 = s00, s10 = s00, s11 = s00;
+                __m512i s20 = s00, s21 = s00, s30 = s00, s31 = s00, zuv = _mm512_set1_epi32(zu);
+                __m512i a0v, a1v, corr0, corr1;
+                int64_t i;
+                if (b + 1 < nblk) {
+/* one pixel's broadcast dword against the block's two weight vectors */
+#define QAT_DP2(sa, sb, row)                                                                           \
+    do {                                                                                               \
+        __m512i a = bcast4(row + 4 * i);                                                               \
+        sa = _mm512_dpbusd_epi32(sa, a, v0);                                                           \
+        sb = _mm512_dpbusd_epi32(sb, a, v1);                                                           \
+    } while (0)
+                    for (i = 0; i < kq; i++) {
+                        __m512i v0 = _mm512_loadu_si512(w0 + i * 64), v1 = _mm512_loadu_si512(w1 + i * 64);
+                        QAT_DP2(s00, s01, a0);
+                        QAT_DP2(s10, s11, a1);
+                        QAT_DP2(s20, s21, a2);
+                        QAT_DP2(s30, s31, a3);
+                    }
+#undef QAT_DP2
+                } else {
+                    for (i = 0; i < kq; i++) {
+                        __m512i v0 = _mm512_loadu_si512(w0 + i * 64);
+                        s00 = _mm512_dpbusd_epi32(s00, bcast4(a0 + 4 * i), v0);
+                        s10 = _mm512_dpbusd_epi32(s10, bcast4(a1 + 4 * i), v0);
+                        s20 = _mm512_dpbusd_epi32(s20, bcast4(a2 + 4 * i), v0);
+                        s30 = _mm512_dpbusd_epi32(s30, bcast4(a3 + 4 * i), v0);
+                    }
+                }
+                /* mod 2^32: vpmulld keeps the low 32 bits */
+                a0v = _mm512_loadu_si512(consta + b * QAT_OC_BLOCK);
+                corr0 = _mm512_mullo_epi32(zuv, _mm512_loadu_si512(constb + b * QAT_OC_BLOCK));
+                a1v = b + 1 < nblk ? _mm512_loadu_si512(consta + (b + 1) * QAT_OC_BLOCK) : a0v;
+                corr1 = b + 1 < nblk ? _mm512_mullo_epi32(zuv, _mm512_loadu_si512(constb + (b + 1) * QAT_OC_BLOCK)) : corr0;
+                {
+                    __m512i d0[PIX] = {s00, s10, s20, s30}, d1[PIX] = {s01, s11, s21, s31};
+                    for (p = 0; p < np; p++) {
+                        int64_t pixel = (int64_t)r * g->wo + ox + p;
+                        emit16(g, pixel, (int32_t)b * QAT_OC_BLOCK, d0[p], a0v, su[p], corr0, acc, rq, out);
+                        if (b + 1 < nblk)
+                            emit16(g, pixel, (int32_t)(b + 1) * QAT_OC_BLOCK, d1[p], a1v, su[p], corr1, acc, rq, out);
+                    }
+                }
+            }
+        }
+    }
+    return QAT_OK;
+}
+
+#endif

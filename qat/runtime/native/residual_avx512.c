@@ -1,0 +1,107 @@
+/* The float residual stream of an exported ResNet block as one pass over NHWC values (AVX-512):
+ *   acc (int32) -> dequantize -> [BatchNorm] -> + residual -> clamp -> float out
+ *                                                           \-> [sign bits | affine codes]
+ * RUNTIME ONLY: this file computes in float and is never copied into the standalone C program
+ * (whose kernels have no float). Each step is the reference runtime's float32 (or float64)
+ * operation, rounded as torch rounds it; the compiler must not contract a multiply and an add into
+ * an FMA on its own (GCC's default for ISO C, -std=c99), the FMA variants are explicit. The caller
+ * (qat.runtime.native.residual) checks every stage on a probe against the reference ops before
+ * using it, and falls back to the reference where they differ. */
+#include "qat_residual.h"
+
+#include "qat_internal.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+
+#define QAT_AVX512F __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+
+/* 16 channels c0 .. c0 + 15 of one pixel (keep: the channels that exist) */
+QAT_AVX512F static inline __m512 dequantize16(const int32_t *acc, const qat_residual *p, int32_t c0, __mmask16 keep)
+{
+    __m512i a = _mm512_maskz_loadu_epi32(keep, acc);
+    if (p->mode & QAT_RES_FLOAT_IN) /* the bits of float32 inputs */
+        return _mm512_castsi512_ps(a);
+    if (p->mode & QAT_RES_EXACT32) { /* float32: acc * scale (+ bias), two roundings */
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_maskz_loadu_ps(keep, p->scale + c0));
+        return p->dq_bias ? _mm512_add_ps(y, _mm512_maskz_loadu_ps(keep, p->dq_bias + c0)) : y;
+    } else { /* float64: acc * scale (+ bias), rounded to float32 once at the end */
+        __m512d lo = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(a)),
+                                   _mm512_maskz_loadu_pd((__mmask8)keep, p->scale64 + c0));
+        __m512d hi = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)),
+                                   _mm512_maskz_loadu_pd((__mmask8)(keep >> 8), p->scale64 + c0 + 8));
+        if (p->dq_bias) {
+            lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)keep, p->dq_bias + c0)));
+            hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)(keep >> 8), p->dq_bias + c0 + 8)));
+        }
+        return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1);
+    }
+}
+
+/* BatchNorm (eval) as y * alpha + beta: invstd = 1 / sqrt(var + eps), alpha = invstd * w, and
+ * beta = b - mean * alpha, fused (fma) or rounded twice, each in float32 (w, b NULL: 1, 0) */
+QAT_AVX512F int qat_bn_constants(const float *mean, const float *var, const float *w, const float *b, float eps,
+                                 int32_t c, int32_t fma, float *alpha, float *beta)
+{
+    int32_t i;
+    if (!mean || !var || !alpha || !beta || c < 1)
+        return QAT_EARG;
+    for (i = 0; i < c; i++) {
+        __m128 v = _mm_add_ss(_mm_set_ss(var[i]), _mm_set_ss(eps));
+        __m128 inv = _mm_div_ss(_mm_set_ss(1.0f), _mm_sqrt_ss(v));
+        __m128 a = _mm_mul_ss(inv, _mm_set_ss(w ? w[i] : 1.0f)), bb = _mm_set_ss(b ? b[i] : 0.0f);
+        __m128 nm = _mm_set_ss(-mean[i]);
+        alpha[i] = _mm_cvtss_f32(a);
+        beta[i] = _mm_cvtss_f32(fma ? _mm_fmadd_ss(nm, a, bb) : _mm_add_ss(_mm_mul_ss(nm, a), bb));
+    }
+    return QAT_OK;
+}
+
+QAT_AVX512F int qat_residual_avx512(const int32_t *acc, const float *res, int64_t pixels, int32_t c,
+                                    const qat_residual *p, float *out, uint64_t *bits, void *codes)
+{
+    int64_t px, cw = qat_sign_words(c);
+    if (!acc || !p || !out || pixels < 0 || c < 1 || pixels > QAT_MAX_ELEMS / c)
+        return QAT_EARG;
+    if (!(p->mode & QAT_RES_FLOAT_IN) && ((p->mode & QAT_RES_EXACT32) ? !p->scale : !p->scale64))
+        return QAT_EARG;
+    if ((p->mode & QAT_RES_BN) && (!p->alpha || !p->beta))
+        return QAT_EARG;
+    if ((bits && codes) || (codes && (p->code_type != QAT_U8 && p->code_type != QAT_I8)))
+        return QAT_EARG;
+    for (px = 0; px < pixels; px++) {
+        int64_t base = px * c;
+        if (bits)
+            for (int64_t j = 0; j < cw; j++)
+                bits[px * cw + j] = 0;
+        for (int32_t c0 = 0; c0 < c; c0 += 16) {
+            int32_t m = c - c0 < 16 ? c - c0 : 16;
+            __mmask16 keep = (__mmask16)((1u << m) - 1u);
+            __m512 y = dequantize16(acc + base + c0, p, c0, keep);
+            if (p->mode & QAT_RES_BN) {
+                __m512 al = _mm512_maskz_loadu_ps(keep, p->alpha + c0), be = _mm512_maskz_loadu_ps(keep, p->beta + c0);
+                y = (p->mode & QAT_RES_BN_FMA) ? _mm512_fmadd_ps(y, al, be) : _mm512_add_ps(_mm512_mul_ps(y, al), be);
+            }
+            if (res)
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(keep, res + base + c0));
+            /* clamp as torch.clamp: x < lo -> lo, x > hi -> hi */
+            y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, _mm512_set1_ps(p->lo), _CMP_LT_OQ), y, _mm512_set1_ps(p->lo));
+            y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, _mm512_set1_ps(p->hi), _CMP_GT_OQ), y, _mm512_set1_ps(p->hi));
+            _mm512_mask_storeu_ps(out + base + c0, keep, y);
+            if (bits) { /* quantize sign: x >= 0 */
+                uint64_t on = (uint64_t)(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GE_OQ) & keep);
+                bits[px * cw + c0 / 64] |= on << (c0 % 64);
+            }
+            if (codes) { /* quantize affine: clamp(round_half_even(x * inv_scale) + zp, qlo, qhi) */
+                __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(p->inv_scale)),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                q = _mm512_add_ps(q, _mm512_set1_ps(p->zero_point));
+                q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(p->qlo)), _mm512_set1_ps(p->qhi));
+                _mm512_mask_cvtepi32_storeu_epi8((int8_t *)codes + base + c0, keep, _mm512_cvttps_epi32(q));
+            }
+        }
+    }
+    return QAT_OK;
+}
+
+#endif
