@@ -187,9 +187,14 @@ def main() -> None:
     ap.add_argument("--val", action="store_true", help="validation accuracy after every epoch")
     ap.add_argument("--time-steps", type=int, default=4)
     ap.add_argument("--time-rounds", type=int, default=3)
+    ap.add_argument("--skip", nargs="+", default=[], metavar="IMPL",
+                    help="implementations not to train or time (their names as in the table)")
     ap.add_argument("--out", default="/tmp/qat_bench_peers")
     ap.add_argument("--report", action="store_true", help="print the table of OUT/results.jsonl and exit")
     args = ap.parse_args()
+    known = {i[0] for impls in METHODS.values() for i in impls}
+    if unknown := sorted(set(args.skip) - known):
+        ap.error(f"--skip: no implementation named {unknown}; known: {sorted(known)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
@@ -208,12 +213,13 @@ def main() -> None:
     dm.prepare_data()
     dm.setup("fit")
     for method in args.methods:
-        impls = [i for i in METHODS[method] if (i[0], *key) not in done]
+        chosen = [i for i in METHODS[method] if i[0] not in args.skip]
+        impls = [i for i in chosen if (i[0], *key) not in done]
         if not impls:
             continue
-        timed = time_steps(METHODS[method], dm, args.seed, args.time_steps, args.time_rounds, out) \
+        timed = time_steps(chosen, dm, args.seed, args.time_steps, args.time_rounds, out) \
             if args.time_steps > 0 else None
-        for k, (name, recipe_name, peer, overrides) in enumerate(METHODS[method]):
+        for k, (name, recipe_name, peer, overrides) in enumerate(chosen):
             if (name, *key) in done:  # e.g. the 2-bit peer, shared by twn and admm_ternary
                 continue
             print(f"== {method}: {name}", flush=True)

@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--onnx", dest="onnx", action="store_true", default=None,
                     help="also write model.onnx (default: for qat_uint8)")
     ap.add_argument("--no-onnx", dest="onnx", action="store_false")
+    ap.add_argument("--onnx-form", choices=("exact", "qdq"), default="exact",
+                    help="model.onnx as the runtime's exact integers (default) or the QDQ layout onnxruntime "
+                    "fuses into QLinearConv (faster, further from the model)")
     ap.add_argument("overrides", nargs="*", help="data.key=value overrides for --verify / normalisation")
     args = ap.parse_intermixed_args(argv)  # options may follow the overrides
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         res = export_model(restored.model, args.out_dir, input_shape=restored.input_shape,
                            normalization=normalization(restored, args.overrides, dm),
                            recipe=restored.recipe, meta=restored.meta,
-                           ternary_packing=args.ternary_packing, onnx=args.onnx)
+                           ternary_packing=args.ternary_packing, onnx=args.onnx,
+                           onnx_form=args.onnx_form)
         print(f"exported {args.checkpoint} -> {res.folder}: {res.size_bytes:,} bytes, "
               f"{res.compression:.1f}x smaller than fp32 ({res.fp32_bytes:,} bytes)")
         if args.verify:
@@ -98,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 report["onnx"] = compare(restored.model, lambda x: run(sess, x), test_batches(dm))
             write_report(res.folder, report)
             for k, r in report.items():
-                print(f"{k}: agreement {r['agreement']:.4f} on {r['n']} test images, accuracy {r['acc']:.4f} "
-                      f"(model {r['model_acc']:.4f})")
+                print(f"{k}: agreement {r['agreement']:.4f} on {r['n']} test images (with the model's float32 "
+                      f"evaluation {r['agreement_float32']:.4f}), accuracy {r['acc']:.4f} (model {r['model_acc']:.4f})")
             print(json.dumps({k: {kk: v for kk, v in r.items() if kk != "examples"}
                               for k, r in report.items()}))
     except (ExportError, FormatError) as err:

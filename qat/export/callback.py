@@ -40,10 +40,12 @@ def _limit(trainer: pl.Trainer) -> int | None:
 
 class ExportCallback(pl.Callback):
     def __init__(self, output_dir: str, enabled: bool = True, verify: bool = True,
-                 ternary_packing: str = "bits", onnx: bool | None = None,
+                 ternary_packing: str = "bits", onnx: bool | None = None, onnx_form: str = "exact",
                  input_shape: tuple[int, int, int] | None = None, normalization: dict | None = None):
         if ternary_packing not in ("bits", "trits"):
             raise ValueError(f"export ternary_packing must be 'bits' or 'trits', got {ternary_packing!r}")
+        if onnx_form not in ("exact", "qdq"):
+            raise ValueError(f"export onnx_form must be 'exact' or 'qdq', got {onnx_form!r}")
         if input_shape is not None and (len(tuple(input_shape)) != 3 or min(int(v) for v in input_shape) < 1):
             raise ValueError(f"ExportCallback input_shape must be (C, H, W), got {input_shape!r}")
         if normalization is not None and ({"mean", "std"} - set(normalization)):
@@ -56,6 +58,7 @@ class ExportCallback(pl.Callback):
         self.verify = bool(verify)
         self.ternary_packing = ternary_packing
         self.onnx = onnx
+        self.onnx_form = onnx_form
         self.extra_metrics: dict[str, float] = {}
         self.result = None
 
@@ -120,7 +123,8 @@ class ExportCallback(pl.Callback):
         meta = getattr(pl_module, "meta", {})
         shape, norm = self.input_facts(trainer, pl_module)
         res = export_model(model, self.output_dir, input_shape=shape, normalization=norm, recipe=recipe,
-                           meta=meta, ternary_packing=self.ternary_packing, onnx=self.onnx)
+                           meta=meta, ternary_packing=self.ternary_packing, onnx=self.onnx,
+                           onnx_form=self.onnx_form)
         self.result = res
         metrics = {"export/size_bytes": float(res.size_bytes), "export/compression": float(res.compression)}
         if self.verify:
@@ -132,6 +136,7 @@ class ExportCallback(pl.Callback):
                                   "isa": program.isa}}
             metrics.update({"export/acc": report["runtime"]["acc"],
                             "export/agreement": report["runtime"]["agreement"],
+                            "export/agreement_float32": report["runtime"]["agreement_float32"],
                             "export/max_logit_diff": report["runtime"]["max_abs_logit_diff"]})
             if res.onnx is not None:
                 from qat.export.onnx_export import run, session
@@ -142,9 +147,10 @@ class ExportCallback(pl.Callback):
                                 "export/onnx_agreement": report["onnx"]["agreement"]})
             write_report(res.folder, report)
             log.info("export verified on %d test images (runtime backend %s, isa %s): agreement %.4f, runtime "
-                     "acc %.4f (model %.4f)", report["runtime"]["n"], program.backend, program.isa,
-                     report["runtime"]["agreement"],
-                     report["runtime"]["acc"], report["runtime"]["model_acc"])
+                     "acc %.4f (model %.4f); agreement with the model's float32 evaluation %.4f",
+                     report["runtime"]["n"], program.backend, program.isa, report["runtime"]["agreement"],
+                     report["runtime"]["acc"], report["runtime"]["model_acc"],
+                     report["runtime"]["agreement_float32"])
         self.extra_metrics = metrics
 
     @staticmethod

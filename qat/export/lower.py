@@ -457,7 +457,10 @@ class Lowering:
 
         c_lo = qmin if lo == -math.inf else max(qmin, code(lo))
         c_hi = qmax if hi == math.inf else min(qmax, code(hi))
-        mult = a / np.float64(np.float32(spec["scale"])) * np.exp2(-f)
+        # The model quantizes as round(y * (1/S)) with 1/S rounded to float32 (torch's convention), so
+        # the multiplier uses that reciprocal, not the exact 1/S: a systematic 2^-24 relative offset
+        # otherwise moves codes whose value lies within it of a rounding boundary.
+        mult = a * np.float64(np.float32(1.0) / np.float32(spec["scale"])) * np.exp2(-f)
         m0, n = zip(*(quantize_multiplier(v) for v in mult))
         mod = node.attrs["module"]
         shape = (pre[-1] if pre else node).shape

@@ -1,8 +1,12 @@
 """Agreement between the fake-quant model and an export (the runtime, or onnxruntime).
 
-``agreement`` is the fraction of inputs whose top-1 class is the same. Each disagreement is listed
-with the model's own top-2 margin (``logit[top1] - logit[top2]``), so a reader can check that it
-is a near-tie (the documented cause) rather than an error.
+``agreement`` is the fraction of inputs whose top-1 class is the same. The model runs under
+:func:`qat.quant.layers.exact_accumulation`: layers with quantized inputs sum their products in
+float64, as the export's integer accumulators do, so that the reference is the model's arithmetic
+rather than one backend's float32 rounding order. ``agreement_float32`` compares with the plain
+float32 evaluation as well. Each disagreement is listed with the model's own top-2 margin
+(``logit[top1] - logit[top2]``), so a reader can check that it is a near-tie (the documented cause)
+rather than an error.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from qat.quant.layers import exact_accumulation
 from qat.utils.io import atomic_write_text
 
 
@@ -22,12 +27,14 @@ def compare(model: torch.nn.Module, predict: Callable[[torch.Tensor], torch.Tens
             batches: Iterable[tuple[torch.Tensor, torch.Tensor]], keep: int = 20) -> dict:
     """Run ``model`` and ``predict`` on every ``(x, y)`` batch (``x`` float32 network input)."""
     model.eval()
-    n = correct = model_correct = same = 0
+    n = correct = model_correct = same = same32 = 0
     max_diff = 0.0
     seconds = 0.0
     disagreements = []
     for x, y in batches:
-        ref = model(x)
+        with exact_accumulation():
+            ref = model(x)
+        ref32 = model(x)
         t0 = time.perf_counter()
         out = predict(x)
         seconds += time.perf_counter() - t0
@@ -36,6 +43,7 @@ def compare(model: torch.nn.Module, predict: Callable[[torch.Tensor], torch.Tens
         model_correct += int((p_ref == y).sum())
         agree = p_ref == p_out
         same += int(agree.sum())
+        same32 += int((ref32.argmax(1) == p_out).sum())
         max_diff = max(max_diff, float((ref - out).abs().max()))
         for i in torch.nonzero(~agree).flatten().tolist():
             top2 = ref[i].topk(2).values
@@ -46,7 +54,7 @@ def compare(model: torch.nn.Module, predict: Callable[[torch.Tensor], torch.Tens
     if n == 0:
         raise ValueError("no data to verify the export on (empty test split?)")
     return {"n": n, "acc": correct / n, "model_acc": model_correct / n, "agreement": same / n,
-            "disagreements": n - same, "max_abs_logit_diff": max_diff, "examples": disagreements,
+            "agreement_float32": same32 / n, "disagreements": n - same, "max_abs_logit_diff": max_diff, "examples": disagreements,
             "images_per_s": n / seconds if seconds > 0 else float("inf")}
 
 

@@ -11,6 +11,9 @@ training computes; only the convolution / matrix product that follows runs in bf
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +28,39 @@ def float32_quant(quant: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return quant(x)
     with torch.autocast(dev, enabled=False):
         return quant(x.float())
+
+
+_EXACT = contextvars.ContextVar("qat_exact_accumulation", default=False)
+
+
+@contextlib.contextmanager
+def exact_accumulation():
+    """Within this context, a layer whose input is quantized sums its products in float64 and rounds
+    the sum (plus bias) to float32 once, as the deployed integer accumulator does.
+
+    Why: the export computes those sums exactly on integers. float32 sums round at every step, in an
+    order that depends on the backend (memory format, threads, device), and an 8-bit network passes
+    a one-step code change on to a growing share of later codes. A float32 MobileNetV2 evaluated
+    contiguous and channels_last gave different top-1 classes on 0.7 % of CIFAR-10 test images
+    (BENCHMARKS.md, issue 10); compared with that, this evaluation is the model's own arithmetic,
+    reproducible on any backend. Export verification uses it; training never does (slower, and
+    float64 is slow on most GPUs).
+    """
+    token = _EXACT.set(True)
+    try:
+        yield
+    finally:
+        _EXACT.reset(token)
+
+
+def _exact_sum(op, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``op(x, w) + b`` summed in float64, rounded to float32 once."""
+    y = op(x.double(), w.double())
+    return (y if b is None else y + _channel(b.double(), y.dim())).to(x.dtype)
+
+
+def _channel(v: torch.Tensor, dim: int) -> torch.Tensor:
+    return v.reshape(1, -1, *([1] * (dim - 2)))
 
 
 def _identity() -> nn.Module:
@@ -57,6 +93,12 @@ class QuantMixin:
 
         return self.bias is not None and not isinstance(self.input_quant, Identity)
 
+    def exact_sum(self) -> bool:
+        """Inside :func:`exact_accumulation`, for a layer whose input is quantized."""
+        from qat.quant.quantizers import Identity
+
+        return _EXACT.get() and not isinstance(self.input_quant, Identity)
+
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
     def __init__(self, *args, weight_quant: nn.Module | None = None, input_quant: nn.Module | None = None, **kwargs):
@@ -75,6 +117,8 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = float32_quant(self.input_quant, x), self.quantized_weight()
+        if self.exact_sum():
+            return _exact_sum(lambda x_, w_: self._conv_forward(x_, w_, None), x, w, self.bias)
         if self.bias_after():
             return self._conv_forward(x, w, None) + self.bias.reshape(1, -1, 1, 1)
         return self._conv_forward(x, w, self.bias)
@@ -96,6 +140,8 @@ class QuantLinear(QuantMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = float32_quant(self.input_quant, x), self.quantized_weight()
+        if self.exact_sum():
+            return _exact_sum(F.linear, x, w, self.bias)
         if self.bias_after():
             return F.linear(x, w) + self.bias
         return F.linear(x, w, self.bias)
@@ -158,4 +204,6 @@ class QuantConvBn2d(HostState, QuantConv2d):
                 y = y + self.bias.reshape(1, -1, 1, 1)
             return self.bn(y)
         w, b = self.folded_weight_and_bias()
+        if self.exact_sum():
+            return _exact_sum(lambda x_, w_: self._conv_forward(x_, w_, None), x, float32_quant(self.weight_quant, w), b)
         return self._conv_forward(x, float32_quant(self.weight_quant, w), b)

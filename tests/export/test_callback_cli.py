@@ -62,6 +62,32 @@ def test_uint8_run_exports_onnx_and_bounds_disagreements(runs):
         for ex in r["examples"]:
             assert ex["model_margin"] <= 2 * r["max_abs_logit_diff"]
     assert (runs["qat_uint8"] / "export" / "model.onnx").is_file()
+    # the reference is the model's exact-accumulation evaluation; the float32 one is reported too
+    assert 0.9 <= report["runtime"]["agreement_float32"] <= 1.0
+    assert m["export/agreement_float32"] == report["runtime"]["agreement_float32"]
+
+
+def test_cli_onnx_form_qdq(runs, tmp_path, capsys):
+    import onnx
+
+    ckpt = runs["qat_uint8"] / "checkpoints" / "last.ckpt"
+    forms = {}
+    for form in ("exact", "qdq"):
+        out = tmp_path / form
+        assert export_main([str(ckpt), str(out), "--onnx-form", form, "--verify"]) == 0
+        forms[form] = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+        assert "onnx: agreement" in capsys.readouterr().out
+    assert "DequantizeLinear" in forms["qdq"] and "DequantizeLinear" not in forms["exact"]
+    assert {"ConvInteger", "MatMulInteger"} & forms["exact"]
+    with pytest.raises(SystemExit):
+        export_main([str(ckpt), str(tmp_path / "bad"), "--onnx-form", "qlinear"])
+
+
+def test_export_callback_rejects_an_unknown_onnx_form(tmp_path):
+    from qat.export.callback import ExportCallback
+
+    with pytest.raises(ValueError, match="onnx_form must be 'exact' or 'qdq'"):
+        ExportCallback(str(tmp_path), onnx_form="QDQ")
 
 
 def test_fp32_run_exports_nothing(runs):

@@ -101,3 +101,64 @@ def test_conv_bn_rejects_a_non_affine_bn():
     conv, _ = _conv_bn()
     with pytest.raises(ValueError, match="affine"):
         QuantConvBn2d.from_float(conv, bn=nn.BatchNorm2d(6, affine=False))
+
+
+def _uint8_layers():
+    """A QuantConv2d, QuantConvBn2d and QuantLinear with calibrated 8-bit input and weight quantizers."""
+    torch.manual_seed(0)
+    conv = QuantConv2d.from_float(nn.Conv2d(16, 24, 3, padding=1), AffineQuant(8, per_channel=True, observer="current"),
+                                  AffineQuant(8, per_channel=False))
+    convbn = QuantConvBn2d.from_float(nn.Conv2d(16, 24, 3, padding=1, bias=False),
+                                      AffineQuant(8, per_channel=True, observer="current"),
+                                      AffineQuant(8, per_channel=False), bn=nn.BatchNorm2d(24))
+    lin = QuantLinear.from_float(nn.Linear(300, 10), AffineQuant(8, per_channel=True, observer="current"),
+                                 AffineQuant(8, per_channel=False))
+    with torch.no_grad():
+        convbn.bn.running_mean.uniform_(-0.5, 0.5)
+        convbn.bn.running_var.uniform_(0.5, 2.0)
+        for m, shape in ((conv, (8, 16, 12, 12)), (convbn, (8, 16, 12, 12)), (lin, (8, 300))):
+            m.train()(torch.randn(shape))  # calibrate the input observer
+            m.eval()
+    return [(conv, (8, 16, 12, 12)), (convbn, (8, 16, 12, 12)), (lin, (8, 300))]
+
+
+@torch.no_grad()
+def test_exact_accumulation_sums_quantized_products_in_float64():
+    from qat.quant.layers import exact_accumulation
+    import torch.nn.functional as F
+
+    for m, shape in _uint8_layers():
+        x = torch.randn(shape) * 1.5
+        xq = m.input_quant(x)
+        if isinstance(m, QuantConvBn2d):
+            w, b = m.folded_weight_and_bias()
+            w = m.weight_quant(w)
+        else:
+            w, b = m.quantized_weight(), m.bias
+        if isinstance(m, QuantLinear):
+            exact = (F.linear(xq.double(), w.double()) + b.double()).float()
+        else:
+            exact = (m._conv_forward(xq.double(), w.double(), None) + b.double().reshape(1, -1, 1, 1)).float()
+        plain = m(x)
+        with exact_accumulation():
+            got = m(x)
+        assert got.dtype == torch.float32
+        assert torch.equal(got, exact)
+        assert not torch.equal(plain, exact)  # float32 sums round differently (the reason for the mode)
+        assert torch.allclose(plain, exact, rtol=0, atol=1e-4 * float(exact.abs().max()))
+        assert torch.equal(m(x), plain)  # outside the context: unchanged
+
+
+@torch.no_grad()
+def test_exact_accumulation_leaves_float_input_layers_and_resets_on_error():
+    from qat.quant.layers import _EXACT, exact_accumulation
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    q = QuantConv2d.from_float(copy.deepcopy(conv)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with exact_accumulation():
+        assert torch.equal(q(x), conv(x))  # an unquantized input keeps torch's own float32 layer
+    with pytest.raises(RuntimeError), exact_accumulation():
+        raise RuntimeError("boom")
+    assert _EXACT.get() is False
