@@ -226,6 +226,9 @@ class Planner:
                                    {"zx": act.zero_point,
                                     "scratch": layouts.int_conv_scratch_elems(g["kh"], g["kw"], g["c_in"])}))
             return _acc_act(g), 1
+        if compute == "ternary_popcount":
+            raise Unsupported(f"{who} computes 'ternary_popcount' (ternary weights, sign inputs): the C program "
+                              "has no ternary kernel; qat.runtime runs it natively")
         raise Unsupported(f"{who} computes '{compute}' on {act.kind} input ({op['input'].get('kind')}): it "
                           "needs float; the C program runs xnor_popcount layers on sign codes and int layers "
                           "on uint8 codes")
