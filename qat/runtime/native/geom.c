@@ -82,6 +82,12 @@ int64_t qat_binary_weight_words(const qat_conv_geom *g)
     return rw < 0 ? -1 : blocks(g->c_out) * rw * QAT_OC_BLOCK;
 }
 
+int64_t qat_ternary_weight_words(const qat_conv_geom *g)
+{
+    int64_t rw = qat_binary_row_words(g);
+    return rw < 0 ? -1 : blocks(g->c_out) * (2 * rw + 1) * QAT_OC_BLOCK; /* two planes, then the counts */
+}
+
 static int64_t k_pad(const qat_conv_geom *g)
 {
     int64_t k = (int64_t)g->kh * g->kw * g->c_in;

@@ -180,6 +180,47 @@ static inline int qat_binary_conv_rows(const qat_conv_geom *g, const uint64_t *x
 }
 
 
+/* popcounts for a ternary block of 16 channels l, summed over nw words: dis[l] of
+ * (row XOR pos[j][l]) AND nz[j][l] [AND mask[j]], and, when mask is given, nzv[l] of nz[j][l] AND mask[j] */
+typedef void (*qat_tcount_fn)(const uint64_t *row, const uint64_t *mask, const uint64_t *nz, const uint64_t *pos,
+                              int64_t nw, uint64_t *dis, uint64_t *nzv);
+
+/* The ternary x sign convolution over rows [row0, row1), given a count function: the loop of the
+ * binary one, with the planes of each block and its channels' non-zero counts (qat_kernels.h) */
+static inline int qat_ternary_conv_rows(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                                        int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                                        int32_t row0, int32_t row1, qat_tcount_fn count)
+{
+    uint64_t row[QAT_ROW_WORDS], mask[QAT_ROW_WORDS], dis[QAT_OC_BLOCK], nzv[QAT_OC_BLOCK];
+    int64_t rw = qat_binary_args_check(g, x, w, acc, T, dir, bits, row0, row1), cwo, nblk;
+    const uint64_t *nnz;
+    int32_t r;
+    if (rw < 0)
+        return QAT_EARG;
+    cwo = qat_sign_words(g->c_out);
+    nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;
+    nnz = w + nblk * 2 * rw * QAT_OC_BLOCK;
+    for (r = row0; r < row1; r++) {
+        int32_t img = r / g->ho, oy = r % g->ho, ox;
+        for (ox = 0; ox < g->wo; ox++) {
+            int64_t pixel = (int64_t)r * g->wo + ox;
+            int full, l;
+            int32_t acc16[QAT_OC_BLOCK];
+            qat_window_row(g, x, img, oy, ox, row, mask, &full);
+            if (bits)
+                for (int64_t j = 0; j < cwo; j++)
+                    bits[pixel * cwo + j] = 0;
+            for (int64_t b = 0; b < nblk; b++) {
+                const uint64_t *nz = w + b * 2 * rw * QAT_OC_BLOCK;
+                count(row, full ? NULL : mask, nz, nz + rw * QAT_OC_BLOCK, rw, dis, nzv);
+                for (l = 0; l < QAT_OC_BLOCK; l++)
+                    acc16[l] = (int32_t)(full ? nnz[b * QAT_OC_BLOCK + l] : nzv[l]) - 2 * (int32_t)dis[l];
+                qat_binary_emit(g, pixel, (int32_t)b * QAT_OC_BLOCK, acc16, acc, T, dir, bits);
+            }
+        }
+    }
+    return QAT_OK;
+}
 
 /* One im2col row of an integer convolution: x - zx as int16 in (ky, kx, c_in) order, 0 at padded
  * positions and in the pad column of an odd K. */

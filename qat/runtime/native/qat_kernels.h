@@ -1,4 +1,5 @@
-/* qat integer kernels: XNOR-popcount binary convolution, 8-bit integer convolution, their fused
+/* qat integer kernels: XNOR-popcount binary convolution, ternary-weight sign-input convolution, 8-bit
+ * integer convolution, their fused
  * output stages (threshold -> packed bits, fixed-point requantization) and max pooling.
  *
  * C99, integer arithmetic only: no float or double, no malloc, no global state, no Python or torch
@@ -146,6 +147,30 @@ int qat_binary_conv2d_avx2(const qat_conv_geom *g, const uint64_t *x, const uint
 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
                              int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
                              int32_t row0, int32_t row1);
+
+/* ------------------------------------------------------------------ ternary x sign convolution */
+/* Ternary weights w in {-1, 0, +1} (qat_ternary_pack_weights, from OHWI int8 codes): per block of 16
+ * output channels, the non-zero plane (bit = w != 0) then the positive plane (bit = w > 0), each
+ * [rw][16] uint64 in the binary weight layout above (rw = qat_binary_row_words, dense or per
+ * position as for binary weights); after all blocks, the non-zero count of each output channel as
+ * one uint64 [c_out_pad]. Size qat_ternary_weight_words(g).
+ * Arithmetic: acc = sum over valid kernel positions of sum_c x_c w_c, x in {-1, +1}
+ *            = popcount(nz AND V) - 2 popcount((x XOR pos) AND nz AND V), V the valid positions
+ *   (padding contributes 0). Inputs, outputs (acc or threshold bits), rows: as qat_binary_conv2d. */
+int64_t qat_ternary_weight_words(const qat_conv_geom *g);
+int qat_ternary_pack_weights(const qat_conv_geom *g, const int8_t *codes, uint64_t *out);
+int qat_ternary_conv2d(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                       int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                       int32_t row0, int32_t row1);
+int qat_ternary_conv2d_scalar(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                              int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                              int32_t row0, int32_t row1);
+int qat_ternary_conv2d_avx2(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                            int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                            int32_t row0, int32_t row1);
+int qat_ternary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                              int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                              int32_t row0, int32_t row1);
 
 /* ------------------------------------------------------------------ integer convolution */
 /* int codes - zero point: w - zw[o] for each (o, k) of OHWI int32 codes [c_out][K] */
