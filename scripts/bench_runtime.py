@@ -234,8 +234,8 @@ def markdown(results: list[dict]) -> str:
             out.append(f"| {r.get('isa', '-')} | {r['threads']} | {r['c']} | {r['size']}x{r['size']} | {r['batch']} | "
                        f"{r['fp32_per_s']:,.1f} | {r['binary_per_s']:,.1f} | {r['ternary_per_s']:,.1f} | "
                        f"{r['ternary_per_s'] / r['fp32_per_s']:.2f}x | {r['ternary_per_s'] / r['binary_per_s']:.2f}x | "
-                       f"{r['binary_bits_per_s']:,.1f} | {r['ternary_bits_per_s']:,.1f} | "
-                       f"{r['ternary_bits_per_s'] / r['fp32_per_s']:.2f}x |")
+                       + " | ".join(f"{r[k]:,.1f}" if k in r else "-" for k in ("binary_bits_per_s", "ternary_bits_per_s"))
+                       + (f" | {r['ternary_bits_per_s'] / r['fp32_per_s']:.2f}x |" if "ternary_bits_per_s" in r else " | - |"))
         out.append("")
     nets = [r for r in results if r["part"] == "network"]
     if nets:

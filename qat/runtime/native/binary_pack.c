@@ -93,7 +93,7 @@ int qat_binary_pack_weights(const qat_conv_geom *g, const int8_t *codes, uint64_
 
 int qat_ternary_pack_weights(const qat_conv_geom *g, const int8_t *codes, uint64_t *out)
 {
-    int64_t total = qat_ternary_weight_words(g), rw, nblk, k, i;
+    int64_t total = qat_ternary_weight_words(g), rw, nblk, k, kk, i;
     int32_t o;
     int rc;
     if (total < 0 || !codes || !out)
@@ -108,10 +108,14 @@ int qat_ternary_pack_weights(const qat_conv_geom *g, const int8_t *codes, uint64
     if (rc != QAT_OK)
         return rc;
     k = (int64_t)g->kh * g->kw * g->c_in;
-    for (o = 0; o < g->c_out; o++) { /* the non-zero count of each output channel, after the planes */
-        uint64_t n = 0;
-        for (i = 0; i < k; i++)
-            n += codes[(int64_t)o * k + i] != 0;
+    kk = (int64_t)g->kh * g->kw;
+    for (o = 0; o < g->c_out; o++) { /* after the planes: non-zero counts, then sums per kernel position */
+        uint64_t n = 0, *sums = out + nblk * (2 * rw + 1) * QAT_OC_BLOCK + (o / QAT_OC_BLOCK) * kk * QAT_OC_BLOCK;
+        for (i = 0; i < k; i++) {
+            int8_t v = codes[(int64_t)o * k + i];
+            n += v != 0;
+            sums[(i / g->c_in) * QAT_OC_BLOCK + o % QAT_OC_BLOCK] += (uint64_t)(int64_t)v; /* mod 2^64 */
+        }
         out[nblk * 2 * rw * QAT_OC_BLOCK + o] = n;
     }
     return QAT_OK;

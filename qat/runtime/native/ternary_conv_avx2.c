@@ -1,6 +1,6 @@
 /* Ternary-weight, sign-input convolution, AVX2 path: the binary AVX2 kernel's scheme (one pixel
  * against a block of 16 output channels, nibble-lookup popcounts summed by vpsadbw) on
- * (x XOR pos) AND nz; with padding, the non-zero weights at valid positions are counted alongside. */
+ * (x XOR pos) AND nz; padding is corrected afterwards (qat_internal.h). */
 #include "qat_internal.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -18,42 +18,26 @@ QAT_AVX2 static inline void flush(__m256i *c, __m256i *t)
 }
 
 /* qat_tcount_fn */
-QAT_AVX2 static inline void counts(const uint64_t *row, const uint64_t *mask, const uint64_t *nz,
-                                   const uint64_t *pos, int64_t nw, uint64_t *dis, uint64_t *nzv)
+QAT_AVX2 static inline void counts(const uint64_t *row, const uint64_t *nz, const uint64_t *pos, int64_t nw,
+                                   uint64_t *dis)
 {
     const __m256i lut = qat_nibble_lut(), low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
     __m256i c[4] = {zero, zero, zero, zero}, t[4] = {zero, zero, zero, zero};
-    __m256i e[4] = {zero, zero, zero, zero}, u[4] = {zero, zero, zero, zero};
     int64_t j;
     int q;
     for (j = 0; j < nw; j++) {
         const __m256i *nv = (const __m256i *)(nz + j * QAT_OC_BLOCK), *pv = (const __m256i *)(pos + j * QAT_OC_BLOCK);
         __m256i a = _mm256_set1_epi64x((long long)row[j]);
-        if (mask) {
-            __m256i m = _mm256_set1_epi64x((long long)mask[j]);
-            for (q = 0; q < 4; q++) {
-                __m256i n = _mm256_and_si256(_mm256_loadu_si256(nv + q), m);
-                __m256i d = _mm256_and_si256(_mm256_xor_si256(a, _mm256_loadu_si256(pv + q)), n);
-                c[q] = _mm256_add_epi8(c[q], qat_popcnt_bytes(d, lut, low));
-                e[q] = _mm256_add_epi8(e[q], qat_popcnt_bytes(n, lut, low));
-            }
-        } else {
-            for (q = 0; q < 4; q++) {
-                __m256i d = _mm256_and_si256(_mm256_xor_si256(a, _mm256_loadu_si256(pv + q)), _mm256_loadu_si256(nv + q));
-                c[q] = _mm256_add_epi8(c[q], qat_popcnt_bytes(d, lut, low));
-            }
+        for (q = 0; q < 4; q++) {
+            __m256i d = _mm256_and_si256(_mm256_xor_si256(a, _mm256_loadu_si256(pv + q)), _mm256_loadu_si256(nv + q));
+            c[q] = _mm256_add_epi8(c[q], qat_popcnt_bytes(d, lut, low));
         }
-        if (j % 31 == 30) {
+        if (j % 31 == 30)
             flush(c, t);
-            flush(e, u);
-        }
     }
     flush(c, t);
-    flush(e, u);
-    for (q = 0; q < 4; q++) {
+    for (q = 0; q < 4; q++)
         _mm256_storeu_si256((__m256i *)(dis + 4 * q), t[q]);
-        _mm256_storeu_si256((__m256i *)(nzv + 4 * q), u[q]);
-    }
 }
 
 QAT_AVX2 int qat_ternary_conv2d_avx2(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
