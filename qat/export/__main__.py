@@ -92,14 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exported {args.checkpoint} -> {res.folder}: {res.size_bytes:,} bytes, "
               f"{res.compression:.1f}x smaller than fp32 ({res.fp32_bytes:,} bytes)")
         if args.verify:
-            from qat.export.verify import compare, test_batches, write_report
+            from qat.export.verify import compare_many, test_batches, write_report
 
-            report = {"runtime": compare(restored.model, res.program(), test_batches(dm))}
+            predictors = {"runtime": res.program()}
             if res.onnx is not None:
                 from qat.export.onnx_export import run, session
 
                 sess = session(res.folder / ONNX)
-                report["onnx"] = compare(restored.model, lambda x: run(sess, x), test_batches(dm))
+                predictors["onnx"] = lambda x: run(sess, x)
+            report = compare_many(restored.model, predictors, test_batches(dm))
             write_report(res.folder, report)
             for k, r in report.items():
                 print(f"{k}: agreement {r['agreement']:.4f} on {r['n']} test images (with the model's float32 "

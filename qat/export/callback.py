@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 
 from qat.export.exporter import ONNX, export_model, is_quantized, plain_copy
-from qat.export.verify import compare, test_batches, write_report
+from qat.export.verify import compare_many, test_batches, write_report
 
 log = logging.getLogger(__name__)
 
@@ -128,21 +128,21 @@ class ExportCallback(pl.Callback):
         self.result = res
         metrics = {"export/size_bytes": float(res.size_bytes), "export/compression": float(res.compression)}
         if self.verify:
-            fq = res_model = plain_copy(model)
             limit = _limit(trainer)
             program = res.program()
-            batches = lambda: self._batches(trainer, limit)  # noqa: E731 - one pass per comparison
-            report = {"runtime": {**compare(fq, program, batches()), "backend": program.backend,
-                                  "isa": program.isa}}
-            metrics.update({"export/acc": report["runtime"]["acc"],
-                            "export/agreement": report["runtime"]["agreement"],
-                            "export/agreement_float32": report["runtime"]["agreement_float32"],
-                            "export/max_logit_diff": report["runtime"]["max_abs_logit_diff"]})
+            predictors = {"runtime": program}
             if res.onnx is not None:
                 from qat.export.onnx_export import run, session
 
                 sess = session(res.folder / ONNX)
-                report["onnx"] = compare(res_model, lambda x: run(sess, x), batches())
+                predictors["onnx"] = lambda x: run(sess, x)
+            report = compare_many(plain_copy(model), predictors, self._batches(trainer, limit))
+            report["runtime"].update(backend=program.backend, isa=program.isa)
+            metrics.update({"export/acc": report["runtime"]["acc"],
+                            "export/agreement": report["runtime"]["agreement"],
+                            "export/agreement_float32": report["runtime"]["agreement_float32"],
+                            "export/max_logit_diff": report["runtime"]["max_abs_logit_diff"]})
+            if "onnx" in report:
                 metrics.update({"export/onnx_acc": report["onnx"]["acc"],
                                 "export/onnx_agreement": report["onnx"]["agreement"]})
             write_report(res.folder, report)

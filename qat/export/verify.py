@@ -22,40 +22,50 @@ from qat.quant.layers import exact_accumulation
 from qat.utils.io import atomic_write_text
 
 
-@torch.no_grad()
 def compare(model: torch.nn.Module, predict: Callable[[torch.Tensor], torch.Tensor],
             batches: Iterable[tuple[torch.Tensor, torch.Tensor]], keep: int = 20) -> dict:
     """Run ``model`` and ``predict`` on every ``(x, y)`` batch (``x`` float32 network input)."""
+    return compare_many(model, {"export": predict}, batches, keep)["export"]
+
+
+@torch.no_grad()
+def compare_many(model: torch.nn.Module, predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+                 batches: Iterable[tuple[torch.Tensor, torch.Tensor]], keep: int = 20) -> dict[str, dict]:
+    """:func:`compare` for several predictors (the runtime, onnxruntime) in one pass over the data:
+    the model runs once per batch for all of them."""
     model.eval()
-    n = correct = model_correct = same = same32 = 0
-    max_diff = 0.0
-    seconds = 0.0
-    disagreements = []
+    n = model_correct = 0
+    stats = {k: {"correct": 0, "same": 0, "same32": 0, "max_diff": 0.0, "seconds": 0.0, "examples": []}
+             for k in predictors}
     for x, y in batches:
         with exact_accumulation():
             ref = model(x)
-        ref32 = model(x)
-        t0 = time.perf_counter()
-        out = predict(x)
-        seconds += time.perf_counter() - t0
-        p_ref, p_out = ref.argmax(1), out.argmax(1)
-        correct += int((p_out == y).sum())
+        p_ref, p_ref32 = ref.argmax(1), model(x).argmax(1)
         model_correct += int((p_ref == y).sum())
-        agree = p_ref == p_out
-        same += int(agree.sum())
-        same32 += int((ref32.argmax(1) == p_out).sum())
-        max_diff = max(max_diff, float((ref - out).abs().max()))
-        for i in torch.nonzero(~agree).flatten().tolist():
-            top2 = ref[i].topk(2).values
-            if len(disagreements) < keep:
-                disagreements.append({"index": n + i, "label": int(y[i]), "model": int(p_ref[i]),
-                                      "export": int(p_out[i]), "model_margin": float(top2[0] - top2[1])})
+        for name, predict in predictors.items():
+            st = stats[name]
+            t0 = time.perf_counter()
+            out = predict(x)
+            st["seconds"] += time.perf_counter() - t0
+            p_out = out.argmax(1)
+            st["correct"] += int((p_out == y).sum())
+            agree = p_ref == p_out
+            st["same"] += int(agree.sum())
+            st["same32"] += int((p_ref32 == p_out).sum())
+            st["max_diff"] = max(st["max_diff"], float((ref - out).abs().max()))
+            for i in torch.nonzero(~agree).flatten().tolist():
+                top2 = ref[i].topk(2).values
+                if len(st["examples"]) < keep:
+                    st["examples"].append({"index": n + i, "label": int(y[i]), "model": int(p_ref[i]),
+                                           "export": int(p_out[i]), "model_margin": float(top2[0] - top2[1])})
         n += int(y.numel())
     if n == 0:
         raise ValueError("no data to verify the export on (empty test split?)")
-    return {"n": n, "acc": correct / n, "model_acc": model_correct / n, "agreement": same / n,
-            "agreement_float32": same32 / n, "disagreements": n - same, "max_abs_logit_diff": max_diff, "examples": disagreements,
-            "images_per_s": n / seconds if seconds > 0 else float("inf")}
+    return {name: {"n": n, "acc": st["correct"] / n, "model_acc": model_correct / n, "agreement": st["same"] / n,
+                   "agreement_float32": st["same32"] / n, "disagreements": n - st["same"],
+                   "max_abs_logit_diff": st["max_diff"], "examples": st["examples"],
+                   "images_per_s": n / st["seconds"] if st["seconds"] > 0 else float("inf")}
+            for name, st in stats.items()}
 
 
 def test_batches(datamodule, limit: int | None = None):
