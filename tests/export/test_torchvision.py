@@ -22,8 +22,8 @@ SLOW_CASES = {("resnet18", r) for r in MATRIX_RECIPES if r != "bnn"}  # 11 M par
 #: rounding of its sigmoid and SiLU float ops, and of the model's float32 values before quantization)
 #: into other top-1 classes (measured against the model's exact-accumulation evaluation: 1.0 on these
 #: 16 images, 0.93 on 128; against its plain float32 evaluation 0.94 and 0.91). A coarse bound: a
-#: wrong op gives ~0.1; the codes are checked sharply (``MAX_CODE_FLIPS``)
-UINT8_AGREEMENT = {"efficientnet_b0": 0.75}
+#: wrong op gives ~0.1 (two of these 16 images may differ); the codes are checked sharply (``MAX_CODE_FLIPS``)
+UINT8_AGREEMENT = {"efficientnet_b0": 0.875}
 #: each integer layer run alone on the codes of the model's own input value: the fraction of output
 #: codes unlike the model's, over all layers and in any one layer (measured on the seven models: at
 #: most 1.5e-5 over all, 2 codes in a layer, 5e-4 of the smallest; a requantization multiplier 1 % off
