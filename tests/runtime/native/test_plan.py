@@ -62,7 +62,7 @@ def test_every_value_is_bit_identical(exports, model, recipe, isa):
     if recipe in EXPECT_NATIVE:
         computes = {op["name"] for op in prog.manifest["ops"] if op.get("compute") == EXPECT_NATIVE[recipe]}
         assert computes and computes <= set(prog.native.native_ops(fused=False))
-    if isa == "avx512" and recipe == "qat_uint8":  # int8 weights and uint8 codes: all on VNNI
+    if isa == "avx512" and recipe in ("qat_uint8", "admm_ternary_uint8"):  # int8 weights, uint8 codes: all on VNNI
         kernels = {s.kernel for s in prog.native.plans[True] if isinstance(s, IntLayer)}
         assert kernels == {"avx512"}
     if isa == "avx512" and model == "resnet20" and recipe in EXPECT_NATIVE:  # each block's float chain fused
