@@ -5,7 +5,8 @@ onnxruntime, side by side in one process, interleaved rounds, median images/s (o
 
 * layers: one 3x3 convolution, stride 1, padding 1, C_in = C_out in {64, 128, 256, 512} on 32x32,
   16x16 and 8x8 maps: native binary (packed signs in, int32 accumulators out, and the fused
-  threshold writing packed bits) and native 8-bit (uint8 codes in, requantized uint8 codes out)
+  threshold writing packed bits), native ternary weights x signs (the same, ``ternary_popcount``;
+  weights a third each -1, 0, +1) and native 8-bit (uint8 codes in, requantized uint8 codes out)
   against ``F.conv2d`` fp32 on channels_last tensors;
 * networks: bnn VGG-small (width 1.0), bnn ResNet-20, qat_uint8 ResNet-20, CIFAR-10 sized
   (3x32x32): ``qat.runtime`` (native) against PyTorch fp32 eager (channels_last) of the same
@@ -62,7 +63,10 @@ def side_by_side(fns: dict, rounds: int, min_seconds: float) -> dict:
 
 
 # ------------------------------------------------------------------------------- layers
-def layer_case(c: int, size: int, batch: int, isa: str, rounds: int, secs: float) -> dict:
+LAYER_KERNELS = ("fp32", "binary", "binary_bits", "ternary", "ternary_bits", "int8")
+
+
+def layer_case(c: int, size: int, batch: int, isa: str, rounds: int, secs: float, parts=LAYER_KERNELS) -> dict:
     lib = L.load_library()
     g = torch.Generator().manual_seed(c * 1000 + size)
     x = torch.randn(batch, c, size, size, generator=g).contiguous(memory_format=torch.channels_last)
@@ -78,6 +82,10 @@ def layer_case(c: int, size: int, batch: int, isa: str, rounds: int, secs: float
     g1 = L.ConvGeom(1, size, size, c, c, 3, 3, 1, 1, 1, 1, 1, 1, size, size)
     wb = torch.zeros(int(lib.qat_binary_weight_words(g1)), dtype=torch.int64)
     L.check(lib.qat_binary_pack_weights(g1, L.ptr(wcodes), L.ptr(wb)), "pack w")
+    tcodes = torch.randint(-1, 2, (c, 3, 3, c), generator=g, dtype=torch.int8)
+    wt = torch.zeros(int(lib.qat_ternary_weight_words(g1)), dtype=torch.int64)
+    L.check(lib.qat_ternary_pack_weights(g1, L.ptr(tcodes), L.ptr(wt)), "pack ternary w")
+    tconv = getattr(lib, f"qat_ternary_conv2d_{isa}")
     acc = torch.empty(batch, size, size, c, dtype=torch.int32)
     bits = torch.empty(batch, size, size, cw, dtype=torch.int64)
     thr = torch.zeros(c, dtype=torch.int32)
@@ -109,6 +117,14 @@ def layer_case(c: int, size: int, batch: int, isa: str, rounds: int, secs: float
         parallel_rows(lambda a, b: L.check(bconv(geom, L.ptr(xb), L.ptr(wb), None, L.ptr(thr), L.ptr(dr),
                                                  L.ptr(bits), a, b), "b"), rows)
 
+    def ternary_acc():
+        parallel_rows(lambda a, b: L.check(tconv(geom, L.ptr(xb), L.ptr(wt), L.ptr(acc), None, None, None, a, b),
+                                           "t"), rows)
+
+    def ternary_bits():
+        parallel_rows(lambda a, b: L.check(tconv(geom, L.ptr(xb), L.ptr(wt), None, L.ptr(thr), L.ptr(dr),
+                                                 L.ptr(bits), a, b), "t"), rows)
+
     def int8():
         def part(a, b):
             s = scratches[a * 8 // max(rows, 1)]
@@ -118,7 +134,9 @@ def layer_case(c: int, size: int, batch: int, isa: str, rounds: int, secs: float
     def fp32():
         F.conv2d(x, w, None, 1, 1)
 
-    r = side_by_side({"fp32": fp32, "binary": binary_acc, "binary_bits": binary_bits, "int8": int8}, rounds, secs)
+    fns = {"fp32": fp32, "binary": binary_acc, "binary_bits": binary_bits, "ternary": ternary_acc,
+           "ternary_bits": ternary_bits, "int8": int8}
+    r = side_by_side({k: fns[k] for k in parts}, rounds, secs)
     return {"c": c, "size": size, "batch": batch, **{f"{k}_per_s": v for k, v in r.items()},
             "macs": batch * size * size * c * c * 9}
 
@@ -199,12 +217,25 @@ def markdown(results: list[dict]) -> str:
     out = []
     layers = [r for r in results if r["part"] == "layer"]
     if layers:
+        old = [r for r in layers if "int8_per_s" in r]
         out += ["| isa | threads | C | map | batch | fp32 conv/s | binary/s | speedup | binary+threshold/s | speedup | "
-                "8-bit/s | speedup |", "| --- | " + " | ".join(["---:"] * 11) + " |"]
-        for r in layers:
+                "8-bit/s | speedup |", "| --- | " + " | ".join(["---:"] * 11) + " |"] if old else []
+        for r in old:
             out.append(f"| {r.get('isa', '-')} | {r['threads']} | {r['c']} | {r['size']}x{r['size']} | {r['batch']} | {r['fp32_per_s']:,.1f} | "
                        f"{r['binary_per_s']:,.1f} | {r['binary_speedup']:.2f}x | {r['binary_bits_per_s']:,.1f} | "
                        f"{r['binary_bits_speedup']:.2f}x | {r['int8_per_s']:,.1f} | {r['int8_speedup']:.2f}x |")
+        out.append("")
+    tern = [r for r in layers if "ternary_per_s" in r]
+    if tern:
+        out += ["| isa | threads | C | map | batch | fp32 conv/s | binary/s | ternary/s | ternary / fp32 | "
+                "ternary / binary | binary+threshold/s | ternary+threshold/s | ternary+threshold / fp32 |",
+                "| --- | " + " | ".join(["---:"] * 12) + " |"]
+        for r in tern:
+            out.append(f"| {r.get('isa', '-')} | {r['threads']} | {r['c']} | {r['size']}x{r['size']} | {r['batch']} | "
+                       f"{r['fp32_per_s']:,.1f} | {r['binary_per_s']:,.1f} | {r['ternary_per_s']:,.1f} | "
+                       f"{r['ternary_per_s'] / r['fp32_per_s']:.2f}x | {r['ternary_per_s'] / r['binary_per_s']:.2f}x | "
+                       + " | ".join(f"{r[k]:,.1f}" if k in r else "-" for k in ("binary_bits_per_s", "ternary_bits_per_s"))
+                       + (f" | {r['ternary_bits_per_s'] / r['fp32_per_s']:.2f}x |" if "ternary_bits_per_s" in r else " | - |"))
         out.append("")
     nets = [r for r in results if r["part"] == "network"]
     if nets:
@@ -234,6 +265,8 @@ def main() -> int:
     ap.add_argument("--part", nargs="+", default=["layers", "networks"], choices=["layers", "networks"])
     ap.add_argument("--max-gmacs", type=float, default=40.0,
                     help="skip layer cases above this many GMACs per call (C=512 on 32x32 at batch 64: 154)")
+    ap.add_argument("--kernels", nargs="+", default=list(LAYER_KERNELS), choices=LAYER_KERNELS,
+                    help="layers: the kernels to time (fp32 and binary always run: the ratios need them)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=0.3, help="minimum time per measurement")
     ap.add_argument("--isa", default=L.default_isa(), choices=L.ISAS)
@@ -265,10 +298,11 @@ def main() -> int:
                                 print(f"skipped: C={c} {s}x{s} batch {b} (--max-gmacs)", flush=True)
                                 continue
                             row = {"part": "layer", "threads": t, "isa": args.isa,
-                                   **layer_case(c, s, b, args.isa, args.rounds, args.seconds)}
-                            row["binary_speedup"] = row["binary_per_s"] / row["fp32_per_s"]
-                            row["binary_bits_speedup"] = row["binary_bits_per_s"] / row["fp32_per_s"]
-                            row["int8_speedup"] = row["int8_per_s"] / row["fp32_per_s"]
+                                   **layer_case(c, s, b, args.isa, args.rounds, args.seconds,
+                                                [k for k in LAYER_KERNELS if k in {"fp32", "binary", *args.kernels}])}
+                            for k in LAYER_KERNELS[1:]:
+                                if f"{k}_per_s" in row:
+                                    row[f"{k}_speedup"] = row[f"{k}_per_s"] / row["fp32_per_s"]
                             print(json.dumps(row), flush=True)
                             results.append(row)
             if "networks" in args.part:

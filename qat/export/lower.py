@@ -43,6 +43,10 @@ STRUCTURAL = ("maxpool2d", "flatten")
 #: options' per-channel blocks (``scale``, ``shift``, ``rprelu``; these fold into thresholds only)
 POINTWISE = ("batchnorm",) + CLAMPS + ("scale", "shift", "rprelu")
 MOVES = ("flatten", "reshape", "permute", "concat", "slice", "pad")  # data movement, no arithmetic
+#: sign inputs against these weight codes: the popcount compute kinds (``qat.runtime.ops.Layer``); their
+#: model value is exactly ``float32(scale * acc)`` (products of +-1 and the float32 weight scale)
+POPCOUNT = {"sign": "xnor_popcount", "binary": "xnor_popcount", "ternary": "ternary_popcount"}
+INTEGER_COMPUTE = ("xnor_popcount", "ternary_popcount", "int")  # computes that give an exact int32 accumulator
 ACC_LIMIT = 1 << 30  # |acc| and |bias| bound for requantization in int64 (see fixedpoint)
 BIAS_FRAC_BITS = 16  # most fractional bits a requantization bias keeps below the accumulator's unit
 
@@ -238,13 +242,13 @@ class Lowering:
             compute = ("signed_sum" if not dynamic and codes is not None and
                        codes.kind in ("sign", "binary", "ternary") else "float")
         elif spec["kind"] in ("sign", "affine", "linear") and w_int:
-            compute = "xnor_popcount" if spec["kind"] == "sign" and codes.kind in ("sign", "binary") else "int"
+            compute = POPCOUNT.get(codes.kind, "int") if spec["kind"] == "sign" else "int"
         else:
             compute = "float"
 
         k = int(np.prod(effective.shape[1:]))
         acc_bound = 0
-        if compute in ("xnor_popcount", "int"):
+        if compute in INTEGER_COMPUTE:
             s_in, z_in = RQ.scale_and_zero_point(spec)
             lo, hi = RQ.code_bounds(spec)
             x_max = max(abs(lo - z_in), abs(hi - z_in))
@@ -264,7 +268,8 @@ class Lowering:
         else:
             x, in_field = self.need_codes(node.inputs[0], spec, book), dict(spec)
 
-        wspec, wtensors = encode(mod, codes, effective, self.ternary_packing, weight_codebook(codes))
+        packing = "planes" if compute == "ternary_popcount" and self.ternary_packing == "bits" else self.ternary_packing
+        wspec, wtensors = encode(mod, codes, effective, packing, weight_codebook(codes))
         for name, arr in wtensors.items():
             self._tensor(name, arr)
         op = {"op": "conv2d" if conv else "linear", "name": mod, "inputs": [x]}
@@ -276,12 +281,13 @@ class Lowering:
             op.update({"in_features": int(m.in_features), "out_features": int(m.out_features)})
         op.update({"input": in_field, "weight": wspec, "compute": compute})
         out_ch = int(effective.shape[0])
-        if compute in ("xnor_popcount", "int"):
+        if compute in INTEGER_COMPUTE:
             acc = self._value(f"{node.name}.acc", "int32", node.shape)
             op.update({"bias": None, "outputs": [acc], "acc_bound": int(acc_bound)})
             s_w = codes.scale.detach().double().reshape(-1)
             scale = np.broadcast_to((s_in * s_w).numpy(), (out_ch,)).astype(np.float64)
             self.acc_of[node.name] = {"acc": acc, "scale": scale, "module": mod, "bound": acc_bound,
+                                      "popcount": compute in POPCOUNT.values(),
                                       "bounds": np.broadcast_to(bounds, (out_ch,)).astype(np.int64),
                                       "bias": None if bias is None else bias.float().numpy()}
         else:
@@ -383,15 +389,24 @@ class Lowering:
     def _fuse_threshold(self, node: Node, parts, end: str, spec: dict) -> None:
         pre, mid, post = parts
         acc = self.acc_of.get(node.name)
+        lead = []
         if acc is not None:
-            # exact only when the accumulator is the model's value itself (unit scale, no bias)
-            if acc["bias"] is not None or not np.all(acc["scale"] == 1.0) or acc["bound"] >= (1 << 24):
+            # exact when the model's value is the accumulator itself (unit scale, no bias) or, for the
+            # popcount kinds, float32(scale * acc) with a positive float32 scale (ternary and XNOR-Net
+            # weights: alpha): that is the chain's first op, one rounding as in the model, and moves
+            # behind a max pooling as a positive scale does (_split)
+            scale32 = acc["scale"].astype(np.float32)
+            if acc["bias"] is not None or acc["bound"] >= (1 << 24):
                 return
+            if not np.all(acc["scale"] == 1.0):
+                if not (acc["popcount"] and np.all(acc["scale"] > 0) and np.all(scale32 == acc["scale"])):
+                    return
+                lead = [({"op": "scale"}, {"scale": torch.from_numpy(scale32)})]
             domain, bound = "int", acc["bound"]
         else:
             domain, bound = "float", 0
         shape = (pre[-1] if pre else node).shape
-        t, d = find_thresholds(self._pointwise_params(mid), shape[1:], domain, bound,
+        t, d = find_thresholds(lead + self._pointwise_params(mid), shape[1:], domain, bound,
                                who=f"layer '{node.attrs['module']}'")
         mod = node.attrs["module"]
         if domain == "int":

@@ -12,7 +12,7 @@ import torch
 
 from qat.export.errors import ExportError
 from qat.quant.functional import Codes
-from qat.runtime.packing import code_range, pack_bits, pack_trits
+from qat.runtime.packing import code_range, pack_bits, pack_planes, pack_trits
 
 LAYOUTS = {4: "OHWI", 2: "OI"}
 
@@ -69,6 +69,9 @@ def encode(prefix: str, codes: Codes | None, effective: torch.Tensor, ternary_pa
     if codes.kind == "ternary" and ternary_packing == "trits":
         spec["encoding"] = "trits"
         tensors[spec["tensor"]] = pack_trits(arr)
+    elif codes.kind == "ternary" and ternary_packing == "planes":  # what a ternary_popcount kernel reads
+        spec["encoding"] = "planes"
+        tensors[spec["tensor"]] = pack_planes(arr)
     else:
         spec["encoding"] = "bits"
         tensors[spec["tensor"]] = pack_bits(arr, bits, values)

@@ -19,6 +19,12 @@ not on G (with 10 epochs of ResNet-20 on handwritten digits the projection cost 
 The deployed form (``deployed`` for validation, ``finalize`` for test and export) replaces W by G in
 the ADMM phase, and by Proj(W) in the projected phase. G, U, rho, the update count and the phase are
 buffers of ``ADMMTernaryWeight``, so checkpoints carry them.
+
+Both recipes take ``activations``: what the quantized layers' inputs are (``TernaryActivations``).
+``float`` (default) keeps them real-valued; ``sign`` binarizes them as ``bnn`` does (ternary weights,
+binary activations: TBN, Wan et al. 2018, "TBN: Convolutional Neural Network with Ternary Inputs and
+Binary Weights"); ``uint8`` quantizes them as ``qat_uint8`` does (per-tensor affine, EMA ranges). The
+export then computes those layers on integers (``ternary_popcount`` / ``int``, docs/export-format.md).
 """
 
 from __future__ import annotations
@@ -28,11 +34,50 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from qat.quant.affine import check_when, steps_at
+from qat.quant.affine import QATUint8, check_when, steps_at
+from qat.quant.binary import BNN
 from qat.quant.functional import ternary_projection, ternary_projection_quantize
 from qat.quant.host_state import HostState
-from qat.quant.quantizers import Codes, Identity, TernaryQuant
+from qat.quant.quantizers import Codes, Identity, SignQuant, TernaryQuant
 from qat.quant.recipe import QuantRecipe, check_positive, check_started, check_total_steps
+
+ACTIVATIONS = ("float", "sign", "uint8")
+
+
+class TernaryActivations:
+    """The ``activations`` option of the ternary recipes: the input quantizer of their quantized layers.
+
+    * ``float``: none (the export computes ``signed_sum``: float sums of +-x);
+    * ``sign``: ``bnn``'s ``SignQuant`` (sign(0) = +1, straight-through gradient with cancellation), and,
+      as in ``bnn``, every activation module that may feed a sign becomes a hard tanh (a ReLU before a
+      sign would make every input +1); the export computes ``ternary_popcount``;
+    * ``uint8``: ``qat_uint8``'s per-tensor affine quantizer with an EMA min/max observer (decay 0.99);
+      the export computes ``int`` (int8 codes -1/0/+1 against uint8 codes) with fixed-point
+      requantization.
+    """
+
+    def __init__(self, activations: str = "float", **policies):
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"{self.name} activations must be one of {', '.join(ACTIVATIONS)} (float: real-valued "
+                             f"inputs; sign: binary inputs as in bnn; uint8: 8-bit affine inputs as in qat_uint8), "
+                             f"got {activations!r}")
+        self.activations = activations
+        super().__init__(**policies)
+
+    @property
+    def activation(self):
+        """prepare's replacement of sign-feeding activations (bnn's hard tanh), for sign inputs only."""
+        return BNN.activation if self.activations == "sign" else None
+
+    def input_quantizer(self, layer):
+        if self.activations == "sign":
+            return SignQuant()
+        if self.activations == "uint8":
+            return QATUint8().input_quantizer(layer)
+        return Identity()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "activations": self.activations}
 
 
 class ADMMTernaryWeight(HostState, nn.Module):
@@ -100,9 +145,10 @@ class ADMMTernaryWeight(HostState, nn.Module):
                 f"projecting={bool(self.host('projecting'))}")
 
 
-class TWN(QuantRecipe):
+class TWN(TernaryActivations, QuantRecipe):
     """Ternary Weight Networks (Li & Liu 2016): threshold 0.7 mean|W|, alpha = mean of the kept |W|,
-    straight-through gradient. First and last layers stay full precision by default."""
+    straight-through gradient. First and last layers stay full precision by default. ``activations``:
+    see ``TernaryActivations``."""
 
     name = "twn"
     default_first = "fp32"
@@ -111,11 +157,8 @@ class TWN(QuantRecipe):
     def weight_quantizer(self, layer):
         return TernaryQuant()
 
-    def input_quantizer(self, layer):
-        return Identity()
 
-
-class ADMMTernary(QuantRecipe):
+class ADMMTernary(TernaryActivations, QuantRecipe):
     """ADMM ternary weights (Leng et al. 2018), with a final projected phase; see the module docstring.
 
     Defaults need no tuning for a new budget: rho grows geometrically from ``rho`` to ``rho_max`` over
@@ -132,8 +175,8 @@ class ADMMTernary(QuantRecipe):
 
     def __init__(self, rho: float = 1e-3, rho_growth: float | None = None, rho_max: float = 0.1,
                  update_every: int | None = None, finetune: float | int | None = 0.5, per_channel: bool = False,
-                 **policies):
-        super().__init__(**policies)
+                 activations: str = "float", **policies):
+        super().__init__(activations=activations, **policies)
         self.rho = check_positive(rho, "admm_ternary rho")
         self.rho_max = check_positive(rho_max, "admm_ternary rho_max")
         if self.rho_max < self.rho:
@@ -159,9 +202,6 @@ class ADMMTernary(QuantRecipe):
 
     def weight_quantizer(self, layer):
         return ADMMTernaryWeight(layer.weight.shape, per_channel=self.per_channel, rho=self.rho)
-
-    def input_quantizer(self, layer):
-        return Identity()
 
     def _admm_layers(self, model):
         return [(n, l) for n, l in self.layers(model) if isinstance(l.weight_quant, ADMMTernaryWeight)]

@@ -14,6 +14,15 @@ of padded positions are 0, so for output position ``l`` with valid positions ``V
 where the second popcount (the disagreements a padded position contributed) is a per-layer table.
 Every quantity is an integer: the result is exact.
 
+Ternary weights against signs (``ternary_popcount``). Weights ``w in {-1, 0, +1}`` as two bit planes,
+``nz`` (``w != 0``) and ``pos`` (``w = +1``); over the non-zero weights a product is +1 where ``a`` and
+``pos`` agree, so ``dot = popcount(nz) - 2 popcount((a XOR pos) AND nz)``. At padded positions ``a`` is
+0 and the model adds 0, so with per-position tables ``popcount(nz AND NOT V_l)`` and
+``popcount(pos AND NOT V_l)`` (``pos`` lies inside ``nz``)::
+
+    dot[l, o] = (popcount(nz_o) - popcount(nz_o AND NOT V_l))
+                - 2 * (popcount((a_l XOR pos_o) AND nz_o) - popcount(pos_o AND NOT V_l))
+
 Integer GEMM (8-bit and narrower codes): with ``x = x' - s_x``, ``w = w' - s_w`` and ``x', w'`` int8,
 ``sum_k x_k w_k = sum x'w' - s_w sum x' - s_x sum w' + K s_x s_w`` (Jacob et al. 2018, eq. 7), the
 int8 product by ``torch._int_mm`` (exact int32 accumulation). Wider codes use int64 matmul.
@@ -103,20 +112,24 @@ def words64_from_file(buf: np.ndarray, rows: int, k_pad32: int) -> np.ndarray:
     return words if _LITTLE else words.astype(np.uint64)
 
 
-def _popcount_xor_block(a: np.ndarray, wt: np.ndarray, out: np.ndarray) -> None:
-    """``a`` ``[G, m, W]``, ``wt`` ``[G, W, O]`` -> ``out[g] += popcount(a[g] XOR w[g])`` ``[G, m, O]``."""
+def _popcount_xor_block(a: np.ndarray, wt: np.ndarray, out: np.ndarray, mt: np.ndarray | None = None) -> None:
+    """``a`` ``[G, m, W]``, ``wt`` ``[G, W, O]`` -> ``out[g] += popcount(a[g] XOR w[g] [AND mask[g]])``
+    ``[G, m, O]``."""
     at = np.ascontiguousarray(a.transpose(2, 0, 1))  # [W, G, m]
     tmp = np.empty(out.shape, dtype=np.uint64)
     pc = np.empty(out.shape, dtype=np.uint8)
     for k in range(at.shape[0]):  # one word column at a time: long vectorised loops, no 4-d temporary
         np.bitwise_xor(at[k][:, :, None], wt[:, k][:, None, :], out=tmp)
+        if mt is not None:
+            np.bitwise_and(tmp, mt[:, k][:, None, :], out=tmp)
         popcount_u64(tmp, pc)
         np.add(out, pc, out=out)
 
 
-def popcount_xor(a: np.ndarray, w: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
+def popcount_xor(a: np.ndarray, w: np.ndarray, chunk: int = 1 << 14, mask: np.ndarray | None = None) -> np.ndarray:
     """``out[m, o] = sum_k popcount(a[m, k] XOR w[o, k])`` for uint64 word rows, int32; with a leading
     group dimension (``a [G, M, W]``, ``w [G, O, W]``) each group separately: ``out [G, M, O]``.
+    ``mask`` (the shape of ``w``): ``popcount((a XOR w) AND mask)`` instead.
 
     Row blocks run on ``torch.get_num_threads()`` threads (numpy releases the GIL in its loops)."""
     grouped = a.ndim == 3
@@ -124,12 +137,13 @@ def popcount_xor(a: np.ndarray, w: np.ndarray, chunk: int = 1 << 14) -> np.ndarr
     m = a3.shape[1]
     out = np.zeros((a3.shape[0], m, w3.shape[1]), dtype=np.int32)
     wt = np.ascontiguousarray(w3.transpose(0, 2, 1))  # [G, W, O]
+    mt = None if mask is None else np.ascontiguousarray((mask if grouped else mask[None]).transpose(0, 2, 1))
     chunk = max(1, chunk // a3.shape[0])
     starts = range(0, m, chunk)
     threads = min(torch.get_num_threads(), len(starts))
 
     def block(s):
-        _popcount_xor_block(a3[:, s:s + chunk], wt, out[:, s:s + chunk])
+        _popcount_xor_block(a3[:, s:s + chunk], wt, out[:, s:s + chunk], mt)
 
     if threads <= 1:
         for s in starts:
@@ -219,6 +233,64 @@ class BinaryConv2d(BinaryMatmul):
         l = ho * wo
         dis = dis.reshape(n, l, -1)
         dot = n_valid[None] - 2 * (dis - pad_dis[None])
+        return torch.from_numpy(dot.reshape(n, ho, wo, -1)).permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------- ternary x sign
+def ternary_planes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ternary codes ``[O, K]`` -> ``(nz, pos)`` uint64 word rows ``[O, ceil(K / 64)]``."""
+    words64 = -(-codes.shape[1] // 64)
+    return pack_rows(codes != 0, words64), pack_rows(codes > 0, words64)
+
+
+class TernaryMatmul:
+    """``dot = popcount(nz) - 2 popcount((a XOR pos) AND nz)`` against fixed ternary weight rows."""
+
+    def __init__(self, codes: np.ndarray):
+        self.k = codes.shape[1]
+        self.nz, self.pos = ternary_planes(codes)
+        self.words64 = self.nz.shape[1]
+        self.nnz = popcount_u64(self.nz, np.empty(self.nz.shape, np.uint8)).sum(axis=-1).astype(np.int32)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ±1 codes ``[N, K]`` -> int32 ``[N, O]``."""
+        a = pack_rows((x > 0).numpy(), self.words64)
+        return torch.from_numpy(self.nnz[None] - 2 * popcount_xor(a, self.pos, mask=self.nz))
+
+
+class TernaryConv2d(BinaryConv2d):
+    """Ternary-weight, sign-input convolution with exact zero padding (see the module docstring),
+    grouped convolutions as ``groups`` products, as :class:`BinaryConv2d`."""
+
+    def __init__(self, codes: np.ndarray, in_channels, kernel, stride, padding, dilation, groups: int = 1):
+        nz, pos = ternary_planes(codes)
+        super().__init__(pos, in_channels, kernel, stride, padding, dilation, groups)
+        self.gnz = nz.reshape(self.gwords.shape)  # [G, O/G, W]; self.gwords holds pos
+
+    def _padding_tables(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(nz_valid [L, O], pos_pad [L, O])``: ``popcount(nz AND V_l)``, ``popcount(pos AND NOT V_l)``."""
+        key = (h, w)
+        if key not in self._tables:
+            ones = torch.ones(1, self.in_channels, h, w, dtype=torch.uint8)
+            valid, _, _ = im2col(ones, *self.geom, pad_value=0)
+            invalid = self._packed_groups(~valid.bool())   # [G, L, W]
+            zero = np.zeros_like(self.gwords)
+            nnz = popcount_u64(self.gnz, np.empty(self.gnz.shape, np.uint8)).sum(axis=2).astype(np.int32)
+            nz_valid = nnz[:, None, :] - popcount_xor(invalid, zero, mask=self.gnz)  # [G, L, O/G]
+            pos_pad = popcount_xor(invalid, zero, mask=self.gwords)
+            l = nz_valid.shape[1]
+            self._tables[key] = tuple(t.transpose(1, 0, 2).reshape(l, -1).astype(np.int32)
+                                      for t in (nz_valid, pos_pad))
+        return self._tables[key]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ±1 codes NCHW -> int32 accumulators NCHW."""
+        n, _, h, w = x.shape
+        rows, ho, wo = im2col(x > 0, *self.geom, pad_value=False)
+        dis = popcount_xor(self._packed_groups(rows), self.gwords, mask=self.gnz)  # [G, N*L, O/G]
+        dis = dis.transpose(1, 0, 2).reshape(n, ho * wo, -1)
+        nz_valid, pos_pad = self._padding_tables(h, w)
+        dot = nz_valid[None] - 2 * (dis - pos_pad[None])
         return torch.from_numpy(dot.reshape(n, ho, wo, -1)).permute(0, 3, 1, 2).contiguous()
 
 

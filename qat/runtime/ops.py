@@ -113,6 +113,8 @@ class Layer(Op):
     """conv2d / linear. ``compute`` says how:
 
     * ``xnor_popcount``: ±1 inputs and weights, int32 accumulator by XNOR-popcount;
+    * ``ternary_popcount``: ±1 inputs, weights in {-1, 0, +1}, int32 accumulator from the weights'
+      non-zero and positive bit planes (``kernels.TernaryConv2d``);
     * ``int``: integer codes, exact int32 accumulator of ``(x - zx)(w - zw)``;
     * ``signed_sum``: float inputs, weights in {-1, 0, +1}: ``scale[c] * sum(±x) + bias``;
     * ``float``: float32 arithmetic on decoded inputs and weights (full precision, or codebook kinds).
@@ -162,6 +164,14 @@ class Layer(Op):
             words = kernels.words64_from_file(np.asarray(buf), o, packing.matrix_shape(shape)[2])
             self.kernel = (kernels.BinaryConv2d(words, i, *self.geom, groups=self.groups) if self.conv
                            else kernels.BinaryMatmul(words, k))
+        elif self.compute == "ternary_popcount":
+            if w["kind"] != "ternary" or self.in_spec["kind"] != "sign":
+                raise FormatError(f"{who}: ternary_popcount needs ternary weights and sign inputs")
+            rows = codes.reshape(o, -1)
+            if np.any(np.abs(rows) > 1):
+                raise FormatError(f"{who}: ternary_popcount weight codes must be -1, 0 or +1")
+            self.kernel = (kernels.TernaryConv2d(rows, i, *self.geom, groups=self.groups) if self.conv
+                           else kernels.TernaryMatmul(rows))
         elif self.compute == "int":
             zw = _t(tensors, w.get("zero_point"), who, np.int32)
             zw = np.zeros(1, np.int64) if zw is None else zw.numpy().astype(np.int64)
@@ -205,7 +215,7 @@ class Layer(Op):
         return Q.dequantize(x, self.in_spec)
 
     def forward(self, x):
-        if self.compute == "xnor_popcount":
+        if self.compute in ("xnor_popcount", "ternary_popcount"):
             return self.kernel(x) if self.conv else self.kernel.linear(x)
         if self.compute == "int":
             xi = self.kernel.prepare(x)

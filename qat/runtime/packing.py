@@ -1,6 +1,6 @@
 """Bit packing of integer codes: the on-disk form of every quantized weight (numpy only).
 
-Two encodings (``docs/export-format.md`` is the normative description):
+Three encodings (``docs/export-format.md`` is the normative description):
 
 ``bits`` — fields of ``b`` bits (``1 <= b <= 16``) in a little-endian bit stream.
     The codes, a C-order array of logical shape ``S``, are viewed as a matrix of ``S[0]`` rows and
@@ -17,6 +17,12 @@ Two encodings (``docs/export-format.md`` is the normative description):
     * ``unsigned``: code = ``f``.
 
     For ``b = 1`` and ``K`` a multiple of 32 a row is exactly ``K / 32`` words: 1/32 of float32.
+
+``planes`` — ternary codes as two 1-bit planes, each laid out as the ``bits`` encoding with ``b = 1``
+    (rows padded to ``K_pad``): first the non-zero plane (bit 1 where the code is not 0), then the
+    positive plane (bit 1 where the code is +1; 0 for -1 and for 0). 2 bits per code, word-aligned, and
+    read by a popcount kernel as they are: against sign bits ``a`` (1 = +1) a row's dot product is
+    ``popcount(nz) - 2 popcount((a XOR pos) AND nz)``.
 
 ``trits`` — ternary codes in base 3, five per byte (1.6 bits per code): the codes in C order,
     zero-padded to a multiple of 5, byte ``i`` = ``sum_{j<5} (c[5i + j] + 1) * 3^j`` (<= 242).
@@ -153,11 +159,39 @@ def unpack_trits(buf: np.ndarray, shape, dtype=np.int32) -> np.ndarray:
     return (d.reshape(-1)[:n] - 1).reshape(tuple(int(s) for s in shape)).astype(dtype)
 
 
+def pack_planes(codes: np.ndarray) -> np.ndarray:
+    """Ternary codes in ``{-1, 0, 1}`` (any shape) -> the non-zero plane then the positive plane."""
+    c = np.asarray(codes)
+    if c.dtype.kind not in "iub":
+        raise PackingError(f"codes must be integers, got dtype {c.dtype}")
+    if c.size and (c.min() < -1 or c.max() > 1):
+        raise PackingError(f"ternary codes must be in {{-1, 0, 1}}, got range [{c.min()}, {c.max()}]")
+    return np.concatenate([pack_bits((c != 0).astype(np.int64), 1, "unsigned"),
+                           pack_bits((c > 0).astype(np.int64), 1, "unsigned")])
+
+
+def unpack_planes(buf: np.ndarray, shape, dtype=np.int32) -> np.ndarray:
+    """Inverse of :func:`pack_planes`; a positive bit where the non-zero bit is 0 is an error."""
+    buf = np.asarray(buf)
+    if buf.dtype != np.uint8 or buf.ndim != 1:
+        raise PackingError(f"packed buffer must be 1-d uint8, got {buf.dtype} of shape {buf.shape}")
+    half = packed_nbytes(shape, 1)
+    if buf.size != 2 * half:
+        raise PackingError(f"plane buffer has {buf.size} bytes; shape {list(shape)} needs 2 x {half}")
+    nz = unpack_bits(buf[:half], shape, 1, "unsigned", np.int64)
+    pos = unpack_bits(buf[half:], shape, 1, "unsigned", np.int64)
+    if np.any(pos > nz):
+        raise PackingError("ternary planes mark a zero weight positive (positive bit set, non-zero bit clear)")
+    return (nz * (2 * pos - 1)).astype(dtype)
+
+
 def unpack(buf: np.ndarray, spec: dict, dtype=np.int32) -> np.ndarray:
     """Unpack a weight buffer described by a manifest ``weight`` entry (``encoding``, ``shape``,
     ``bits``, ``values``)."""
     if spec["encoding"] == "trits":
         return unpack_trits(buf, spec["shape"], dtype)
+    if spec["encoding"] == "planes":
+        return unpack_planes(buf, spec["shape"], dtype)
     if spec["encoding"] == "bits":
         return unpack_bits(buf, spec["shape"], int(spec["bits"]), spec["values"], dtype)
-    raise PackingError(f"unknown encoding {spec['encoding']!r}; expected 'bits' or 'trits'")
+    raise PackingError(f"unknown encoding {spec['encoding']!r}; expected 'bits', 'planes' or 'trits'")

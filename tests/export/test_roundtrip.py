@@ -131,3 +131,26 @@ def test_binary_weight_bytes_are_one_32nd(tmp_path):
             assert res.tensors[w["tensor"]].nbytes * 32 == 4 * n
             checked += 1
     assert checked >= 6
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("recipe", ["twn", "admm_ternary"])
+def test_ternary_weights_with_sign_inputs_are_exact(tmp_path, recipe, model):
+    """Ternary weights x sign inputs: ternary_popcount accumulators (weights as bit planes), BatchNorm +
+    hard tanh + sign folded into integer thresholds through the weight scale alpha: the runtime's
+    logits are the model's own (its products summed exactly, as verification evaluates it)."""
+    from qat.quant.layers import exact_accumulation
+
+    m, r = deployed(model, recipe, activations="sign")
+    res = export_model(m, tmp_path / "e", input_shape=SHAPE, normalization=NORM, recipe=r, onnx=False)
+    program = load(res.folder, backend="reference")
+    x = inputs(48)
+    with torch.no_grad(), exact_accumulation():
+        ref = m(x)
+    assert torch.equal(program(x), ref)
+    ops = res.manifest["ops"]
+    popcount = [op for op in ops if op.get("compute") == "ternary_popcount"]
+    assert popcount and all(op["weight"]["encoding"] == "planes" for op in popcount)
+    # every sign input comes from a threshold: no float BatchNorm or quantize between ternary layers
+    assert not any(op["op"] == "quantize" and op["quant"]["kind"] == "sign" for op in ops if model != "resnet20")
+    assert sum(op["op"] == "threshold" for op in ops) >= len(popcount) // 2

@@ -163,3 +163,69 @@ def test_the_scaled_dual_is_rescaled_when_rho_grows():
     recipe.after_optimizer_step(model, 1)
     assert float(q.rho) == pytest.approx(10 * rho)
     assert torch.allclose(float(q.rho) * q.U, y + rho * (layer.weight.detach() - q.G), atol=1e-7)
+
+
+# ---------------------------------------------------------------------- activations (ternary weights, quantized inputs)
+from torch import nn  # noqa: E402
+
+from qat.experiment import train  # noqa: E402
+from qat.quant.prepare import quantized_layers  # noqa: E402
+from qat.quant.quantizers import AffineQuant, Identity, SignQuant  # noqa: E402
+from qat.quant.ternary import TWN  # noqa: E402
+from qat.runtime import load  # noqa: E402
+from tests.conftest import compose_cfg  # noqa: E402
+
+
+@pytest.mark.parametrize("recipe", [TWN, ADMMTernary])
+def test_activations_value_is_checked_at_construction(recipe):
+    with pytest.raises(ValueError, match="activations must be one of float, sign, uint8"):
+        recipe(activations="int8")
+
+
+@pytest.mark.parametrize("recipe", [TWN, ADMMTernary])
+@pytest.mark.parametrize("activations, quant, act", [("float", Identity, nn.ReLU), ("sign", SignQuant, nn.Hardtanh),
+                                                    ("uint8", AffineQuant, nn.ReLU)])
+def test_activations_choose_the_input_quantizer_and_the_activation(recipe, activations, quant, act):
+    r = recipe(activations=activations)
+    model = r.prepare(resnet20(num_classes=10, width=4))
+    layers = quantized_layers(model)
+    assert layers and all(type(layer.input_quant) is quant for _, layer in layers)
+    # sign inputs: every ReLU became bnn's hard tanh (a ReLU before a sign would make every input +1)
+    assert any(isinstance(m, act) for m in model.modules())
+    assert not any(isinstance(m, nn.ReLU if act is nn.Hardtanh else nn.Hardtanh) for m in model.modules())
+    if activations == "uint8":  # qat_uint8's: per tensor, 8 bits, EMA observer
+        q = layers[0][1].input_quant
+        assert q.bits == 8 and not q.per_channel
+    assert r.describe()["activations"] == activations
+
+
+FAST = ["model=resnet20", "model.width=8", "data=synthetic", "data.image_size=8", "data.n_train=128",
+        "data.n_val=64", "data.n_test=128", "data.batch_size=32", "data.eval_batch_size=64", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=4", "logger=csv", "callbacks.progress_bar.refresh_rate=0",
+        "+trainer.enable_model_summary=false"]
+
+
+@pytest.mark.parametrize("quant, activations, compute", [("twn", "sign", "ternary_popcount"),
+                                                         ("admm_ternary", "sign", "ternary_popcount"),
+                                                         ("admm_ternary", "uint8", "int")])
+def test_trained_ternary_network_exports_integer_layers_that_verify(tmp_path, quant, activations, compute):
+    """A short training run leaves an export whose ternary layers compute on integers (fused thresholds
+    or requantizations after them) and whose predictions agree with the model: exactly for sign inputs,
+    to within requantization rounding for uint8; native and reference runtimes give the same logits."""
+    torch.set_num_threads(1)
+    train(compose_cfg([f"quant={quant}", f"quant.activations={activations}", *FAST], output_dir=tmp_path))
+    import json
+
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["export/agreement"] >= (1.0 if activations == "sign" else 0.995)
+    folder = tmp_path / "export"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    layers = [op for op in manifest["ops"] if op["op"] in ("conv2d", "linear")]
+    assert sum(op["compute"] == compute for op in layers) == 18  # every conv of the 9 blocks
+    fused = {op["op"] for op in manifest["ops"]}
+    assert ("threshold" if activations == "sign" else "requantize") in fused
+    if compute == "ternary_popcount":
+        assert all(op["weight"]["encoding"] == "planes" for op in layers if op["compute"] == compute)
+    x = torch.randn(6, 3, 8, 8)
+    ref = load(folder, backend="reference")
+    assert torch.equal(load(folder)(x), ref(x))

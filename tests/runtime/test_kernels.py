@@ -121,3 +121,24 @@ def test_requantize_matches_rational_arithmetic(mults, seed, zp, f):
         exact = Fraction(int(acc[idx]) * 2 ** f + int(bias[ch])) * Fraction(m0[ch], 2 ** n[ch])
         want = min(255, max(0, zp + int((exact + Fraction(1, 2)).__floor__())))
         assert int(got[idx]) == want
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_case(), st.sampled_from([1, 2, 3]))
+def test_ternary_popcount_conv_is_exact(case, groups):
+    """Ternary weights against signs from the two bit planes, zero padding and groups included."""
+    c, o, k, s, p, d, h, w, seed = case
+    c, o = groups * max(1, c // groups), groups * max(1, o // groups)
+    g = torch.Generator().manual_seed(seed)
+    x, wt = _pm1((2, c, h, w), g), torch.randint(-1, 2, (o, c // groups, k, k), generator=g)
+    ref = F.conv2d(x.double(), wt.double(), stride=s, padding=p, dilation=d, groups=groups).to(torch.int32)
+    conv = kernels.TernaryConv2d(wt.permute(0, 2, 3, 1).reshape(o, -1).numpy(), c, k, s, p, d, groups=groups)
+    assert torch.equal(conv(x), ref)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 20), st.integers(0, 2 ** 31))
+def test_ternary_popcount_linear_is_exact(k, o, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, wt = _pm1((3, k), g), torch.randint(-1, 2, (o, k), generator=g)
+    assert torch.equal(kernels.TernaryMatmul(wt.numpy()).linear(x), (x.long() @ wt.t()).int())

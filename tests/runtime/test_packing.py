@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from qat.runtime.packing import (PackingError, code_range, matrix_shape, pack_bits, pack_trits,
-                                 packed_nbytes, unpack_bits, unpack_trits)
+from qat.runtime.packing import (PackingError, code_range, matrix_shape, pack_bits, pack_planes, pack_trits,
+                                 packed_nbytes, unpack, unpack_bits, unpack_planes, unpack_trits)
 
 FORMATS = [(1, "sign")] + [(b, v) for b in range(2, 17) for v in ("signed", "unsigned")] + [(1, "unsigned")]
 shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=7)
@@ -44,6 +44,28 @@ def test_trits_round_trip(arr):
     buf = pack_trits(arr)
     assert buf.size == math.ceil(arr.size / 5) and buf.max(initial=0) <= 242
     np.testing.assert_array_equal(unpack_trits(buf, arr.shape), arr)
+
+
+@settings(max_examples=100, deadline=None)
+@given(hnp.arrays(np.int8, shapes, elements=st.sampled_from([-1, 0, 1])))
+def test_planes_round_trip(arr):
+    buf = pack_planes(arr)
+    assert buf.size == 2 * packed_nbytes(arr.shape, 1)
+    np.testing.assert_array_equal(unpack_planes(buf, arr.shape), arr)
+    np.testing.assert_array_equal(unpack(buf, {"encoding": "planes", "shape": list(arr.shape)}), arr)
+
+
+def test_documented_plane_layout_and_malformed_planes():
+    # one row [1, 0, -1, 1]: non-zero plane 0b1101 in word 0, positive plane 0b1001 in word 1 (rows of 32)
+    words = pack_planes(np.array([[1, 0, -1, 1]])).view("<u4")
+    assert list(words) == [0b1101, 0b1001]
+    bad = np.array([0b0101, 0b0010], "<u4").view(np.uint8)  # weight 1 positive but zero
+    with pytest.raises(PackingError, match="zero weight positive"):
+        unpack_planes(bad, (1, 4))
+    with pytest.raises(PackingError, match="needs 2 x"):
+        unpack_planes(bad[:-1], (1, 4))
+    with pytest.raises(PackingError, match=r"\{-1, 0, 1\}"):
+        pack_planes(np.array([2]))
 
 
 def test_documented_bit_layout():

@@ -16,6 +16,7 @@ CTYPES = {np.dtype(np.uint8): "uint8_t", np.dtype(np.int8): "int8_t", np.dtype(n
 # kernel sources each step needs (all steps: geom.c, qat_scores.c), scalar versions only: the program
 # must build for any CPU (the AVX2 ones need x86-64 and run-time dispatch)
 SOURCES = {"input_codes": ["qat_input.c"], "input_conv": ["qat_input.c"], "binary_conv": ["binary_conv.c"],
+           "ternary_conv": ["ternary_conv.c"],
            "int_conv": ["int_conv.c"], "maxpool_i32": ["pool.c"], "maxpool_bits": ["pool.c"],
            "threshold": ["output.c"], "requantize": ["output.c"]}
 COMMON = ["geom.c", "qat_scores.c"]
@@ -119,11 +120,15 @@ class Emitter:
         return self.check(f"qat_input_conv(&{g}, {src}, {self.const(st, 'table')}, {self.const(st, 'w')}, "
                           f"{self.acc_or_bits(st, dst)}, 0, {st.geom['ho']})")
 
-    def emit_binary_conv(self, st, src, dst):
+    def emit_binary_conv(self, st, src, dst, kind="binary"):
+        """``qat_binary_conv2d_scalar`` (or the ternary one: the same arguments, its own weights)."""
         g = self.geom(st, "qat_conv_geom")
         w = self.const(st, "w")
-        return self.check(f"qat_binary_conv2d_scalar(&{g}, {src}, {w}, {self.acc_or_bits(st, dst)}, 0, "
+        return self.check(f"qat_{kind}_conv2d_scalar(&{g}, {src}, {w}, {self.acc_or_bits(st, dst)}, 0, "
                           f"{st.geom['ho']})")
+
+    def emit_ternary_conv(self, st, src, dst):
+        return self.emit_binary_conv(st, src, dst, "ternary")
 
     def requant(self, st) -> str:
         name = f"s{self.p.steps.index(st):02d}_{st.ident}_rq"

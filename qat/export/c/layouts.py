@@ -46,6 +46,21 @@ def binary_weights(codes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(blocked, 1, -1))
 
 
+def ternary_weights(codes: np.ndarray) -> np.ndarray:
+    """Ternary codes OHWI -> ``qat_ternary_pack_weights``' uint64 words: per block of 16 output
+    channels the non-zero plane then the positive plane (each in :func:`binary_weights`' layout), then
+    each channel's non-zero count ``[c_out_pad]``, then its weight sum per kernel position
+    ``[c_out_pad / 16, kh, kw, 16]`` (int64 as two's complement)."""
+    o, kh, kw, _ = codes.shape
+    nz, pos = binary_weights(np.where(codes != 0, 1, -1)), binary_weights(np.where(codes > 0, 1, -1))
+    blocks = nz.shape[0]
+    planes = np.stack([nz.reshape(blocks, -1), pos.reshape(blocks, -1)], axis=1)  # [blocks, 2, rw * 16]
+    counts = _pad_out((codes != 0).reshape(o, -1).sum(axis=1).astype(np.int64))
+    sums = _pad_out(codes.astype(np.int64).sum(axis=3))                            # [c_out_pad, kh, kw]
+    sums = np.moveaxis(sums.reshape(blocks, OC_BLOCK, kh, kw), 1, -1)
+    return np.concatenate([planes.reshape(-1), counts.astype(np.uint64), sums.reshape(-1).astype(np.uint64)])
+
+
 def int_weights(codes: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
     """Integer codes ``[c_out, K]`` (K in (kh, kw, c_in) order) and per-channel zero points ->
     ``w - zw`` int16 ``[c_out_pad / 16, K_pad / 2, 16, 2]``."""

@@ -54,7 +54,7 @@ class Act:
 
 @dataclass
 class Step:
-    kind: str                 # input_codes, input_conv, binary_conv, int_conv, maxpool_i32,
+    kind: str                 # input_codes, input_conv, binary_conv, ternary_conv, int_conv, maxpool_i32,
     name: str                 # maxpool_bits, threshold, requantize, scores
     src: Act
     dst: Act | None           # None: the caller's scores
@@ -226,9 +226,13 @@ class Planner:
                                    {"zx": act.zero_point,
                                     "scratch": layouts.int_conv_scratch_elems(g["kh"], g["kw"], g["c_in"])}))
             return _acc_act(g), 1
+        if compute == "ternary_popcount" and act.kind == "bits":
+            self.steps.append(Step("ternary_conv", op["name"], act, _acc_act(g), g,
+                                   {"w": layouts.ternary_weights(codes)}))
+            return _acc_act(g), 1
         raise Unsupported(f"{who} computes '{compute}' on {act.kind} input ({op['input'].get('kind')}): it "
-                          "needs float; the C program runs xnor_popcount layers on sign codes and int layers "
-                          "on uint8 codes")
+                          "needs float; the C program runs xnor_popcount and ternary_popcount layers on sign "
+                          "codes and int layers on uint8 codes")
 
     op_linear = op_conv2d
 
@@ -321,8 +325,8 @@ class Planner:
 
     # ------------------------------------------------------------------ fusion, buffers
     def fuse(self) -> None:
-        """Output stages into the convolution before them: binary or input conv + threshold -> conv
-        writing packed signs; binary conv + maxpool + threshold -> that, then max pooling of the bits; int conv +
+        """Output stages into the convolution before them: binary, ternary or input conv + threshold -> conv
+        writing packed signs; binary or ternary conv + maxpool + threshold -> that, then max pooling of the bits; int conv +
         requantize -> conv writing uint8 codes."""
         out, s = [], self.steps
         i = 0
@@ -330,13 +334,13 @@ class Planner:
             st = s[i]
             nxt = s[i + 1] if i + 1 < len(s) else None
             after = s[i + 2] if i + 2 < len(s) else None
-            if st.kind in ("binary_conv", "input_conv") and nxt and nxt.kind == "threshold":
+            if st.kind in ("binary_conv", "ternary_conv", "input_conv") and nxt and nxt.kind == "threshold":
                 st.consts.update(nxt.consts)
                 st.dst = nxt.dst
                 out.append(st)
                 i += 2
                 continue
-            if (st.kind == "binary_conv" and nxt and nxt.kind == "maxpool_i32" and after
+            if (st.kind in ("binary_conv", "ternary_conv") and nxt and nxt.kind == "maxpool_i32" and after
                     and after.kind == "threshold"):
                 st.consts.update(after.consts)
                 st.dst = Act("bits", st.geom["ho"], st.geom["wo"], st.geom["c_out"], spec=after.dst.spec)

@@ -5,16 +5,9 @@
 #include "qat_internal.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>
+#include "qat_avx2.h"
 
-#define QAT_AVX2 __attribute__((target("avx2,popcnt")))
-
-QAT_AVX2 static inline __m256i popcnt_bytes(__m256i v, __m256i lut, __m256i low)
-{
-    __m256i lo = _mm256_and_si256(v, low);
-    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
-}
+#define popcnt_bytes qat_popcnt_bytes
 
 #define QAT_FLUSH()                                                                                    \
     do {                                                                                               \
@@ -30,8 +23,7 @@ QAT_AVX2 static inline __m256i popcnt_bytes(__m256i v, __m256i lut, __m256i low)
 QAT_AVX2 static inline void counts(const uint64_t *row, const uint64_t *mask, const uint64_t *w,
                                          int64_t nw, uint64_t *tot)
 {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1,
-                                         2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut = qat_nibble_lut();
     const __m256i low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
     __m256i t0 = zero, t1 = zero, t2 = zero, t3 = zero, c0 = zero, c1 = zero, c2 = zero, c3 = zero;
     int64_t j;

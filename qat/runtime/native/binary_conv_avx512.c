@@ -7,10 +7,9 @@
 #include "qat_internal.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>
 #include <string.h>
 
-#define QAT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")))
+#include "qat_avx512.h"
 #define QAT_B512_PIXELS 4
 #define XOR_AND 0x28 /* vpternlogq immediate of (a ^ b) & c */
 
@@ -188,27 +187,6 @@ QAT_AVX512 static inline void counts4(const uint64_t *const *rp, const uint64_t 
     t[0] = t0, t[1] = t1, t[2] = t2, t[3] = t3, t[4] = t4, t[5] = t5, t[6] = t6, t[7] = t7;
 }
 
-/* Output stage of one pixel and the block of channels oc0 .. oc0 + 15: acc = nvalid - 2 count as
- * 16 int32, stored, or compared with the thresholds into 16 bits ORed into *word (the pixel's packed
- * word of these channels, stored by the caller once its 64 channels are done). */
-QAT_AVX512 static inline void emit16(const qat_conv_geom *g, int64_t pixel, int32_t oc0, int32_t nvalid,
-                                     __m512i lo, __m512i hi, int32_t *acc, const int32_t *T,
-                                     const int8_t *dir, uint64_t *word)
-{
-    int32_t m = g->c_out - oc0 < QAT_OC_BLOCK ? g->c_out - oc0 : QAT_OC_BLOCK;
-    __mmask16 keep = (__mmask16)((1u << m) - 1u);
-    __m512i cnt = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)),
-                                     _mm512_cvtepi64_epi32(hi), 1);
-    __m512i v = _mm512_sub_epi32(_mm512_set1_epi32(nvalid), _mm512_slli_epi32(cnt, 1));
-    if (acc) {
-        _mm512_mask_storeu_epi32(acc + pixel * g->c_out + oc0, keep, v);
-    } else {
-        __mmask16 ge = _mm512_cmpge_epi32_mask(v, _mm512_maskz_loadu_epi32(keep, T + oc0));
-        __mmask16 down = _mm_movepi8_mask(_mm_maskz_loadu_epi8(keep, dir + oc0));
-        *word |= (uint64_t)(uint16_t)((ge ^ down) & keep) << (oc0 % 64);
-    }
-}
-
 QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
                                         int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
                                         int32_t row0, int32_t row1)
@@ -264,7 +242,7 @@ QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *
                     int64_t pixel = (int64_t)r * g->wo + ox + p;
                     if (oc0 % 64 == 0)
                         word[p] = 0;
-                    emit16(g, pixel, oc0, nvalid[p], t[2 * p], t[2 * p + 1], acc, T, dir, &word[p]);
+                    qat_emit16(g, pixel, oc0, _mm512_set1_epi32(nvalid[p]), t[2 * p], t[2 * p + 1], acc, T, dir, &word[p]);
                     if (bits && (oc0 % 64 == 64 - QAT_OC_BLOCK || b == nblk - 1)) /* the word is complete */
                         bits[pixel * cwo + oc0 / 64] = word[p];
                 }

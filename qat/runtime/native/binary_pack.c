@@ -1,4 +1,5 @@
-/* Sign packing: int8 codes <-> packed signs (NHWC, 64 channels a word), and binary weights. */
+/* Sign packing: int8 codes <-> packed signs (NHWC, 64 channels a word), binary weights and the two
+ * bit planes of ternary weights. */
 #include "qat_internal.h"
 
 int qat_pack_signs(const int8_t *codes, int64_t pixels, int32_t c, uint64_t *out)
@@ -32,25 +33,34 @@ int qat_unpack_signs(const uint64_t *bits, int64_t pixels, int32_t c, int8_t *ou
     return QAT_OK;
 }
 
-int qat_binary_pack_weights(const qat_conv_geom *g, const int8_t *codes, uint64_t *out)
+/* The bit of a weight code in one plane: the sign of a binary weight (+1 -> 1, -1 -> 0), or the
+ * non-zero or positive bit of a ternary one; -1 for a code the plane does not take. */
+enum { PLANE_SIGN, PLANE_NONZERO, PLANE_POSITIVE };
+
+static int plane_bit(int8_t v, int plane)
 {
-    int64_t total = qat_binary_weight_words(g), cw;
+    if (plane == PLANE_SIGN)
+        return v == 1 ? 1 : (v == -1 ? 0 : -1);
+    if (v < -1 || v > 1)
+        return -1;
+    return plane == PLANE_NONZERO ? v != 0 : v > 0;
+}
+
+/* One plane of OHWI codes into the binary weight layout (qat_kernels.h), block b of 16 output
+ * channels starting at out + b * block_words; out must be zeroed. */
+static int pack_plane(const qat_conv_geom *g, const int8_t *codes, uint64_t *out, int64_t block_words, int plane)
+{
+    int64_t cw = qat_sign_words(g->c_in);
     int32_t o, ky, kx, ch;
-    if (total < 0 || !codes || !out)
-        return QAT_EARG;
-    cw = qat_sign_words(g->c_in);
-    for (int64_t i = 0; i < total; i++)
-        out[i] = 0;
     if (qat_binary_dense(g)) {
-        int64_t k = (int64_t)g->kh * g->kw * g->c_in, rw = (k + 63) / 64, i;
+        int64_t k = (int64_t)g->kh * g->kw * g->c_in, i;
         for (o = 0; o < g->c_out; o++) {
-            uint64_t *dst = out + (int64_t)(o / QAT_OC_BLOCK) * rw * QAT_OC_BLOCK + o % QAT_OC_BLOCK;
+            uint64_t *dst = out + (int64_t)(o / QAT_OC_BLOCK) * block_words + o % QAT_OC_BLOCK;
             for (i = 0; i < k; i++) {
-                int8_t v = codes[(int64_t)o * k + i];
-                if (v != 1 && v != -1)
+                int bit = plane_bit(codes[(int64_t)o * k + i], plane);
+                if (bit < 0)
                     return QAT_ERANGE;
-                if (v > 0)
-                    dst[(i / 64) * QAT_OC_BLOCK] |= (uint64_t)1 << (i % 64);
+                dst[(i / 64) * QAT_OC_BLOCK] |= (uint64_t)bit << (i % 64);
             }
         }
         return QAT_OK;
@@ -59,14 +69,54 @@ int qat_binary_pack_weights(const qat_conv_geom *g, const int8_t *codes, uint64_
         for (ky = 0; ky < g->kh; ky++)
             for (kx = 0; kx < g->kw; kx++) {
                 const int8_t *src = codes + (((int64_t)o * g->kh + ky) * g->kw + kx) * g->c_in;
-                uint64_t *dst = out + ((((int64_t)(o / QAT_OC_BLOCK) * g->kh + ky) * g->kw + kx) * cw) *
-                                          QAT_OC_BLOCK + o % QAT_OC_BLOCK;
+                uint64_t *dst = out + (int64_t)(o / QAT_OC_BLOCK) * block_words +
+                                ((int64_t)ky * g->kw + kx) * cw * QAT_OC_BLOCK + o % QAT_OC_BLOCK;
                 for (ch = 0; ch < g->c_in; ch++) {
-                    if (src[ch] != 1 && src[ch] != -1)
+                    int bit = plane_bit(src[ch], plane);
+                    if (bit < 0)
                         return QAT_ERANGE;
-                    if (src[ch] > 0)
-                        dst[(ch / 64) * QAT_OC_BLOCK] |= (uint64_t)1 << (ch % 64);
+                    dst[(ch / 64) * QAT_OC_BLOCK] |= (uint64_t)bit << (ch % 64);
                 }
             }
+    return QAT_OK;
+}
+
+int qat_binary_pack_weights(const qat_conv_geom *g, const int8_t *codes, uint64_t *out)
+{
+    int64_t total = qat_binary_weight_words(g);
+    if (total < 0 || !codes || !out)
+        return QAT_EARG;
+    for (int64_t i = 0; i < total; i++)
+        out[i] = 0;
+    return pack_plane(g, codes, out, qat_binary_row_words(g) * QAT_OC_BLOCK, PLANE_SIGN);
+}
+
+int qat_ternary_pack_weights(const qat_conv_geom *g, const int8_t *codes, uint64_t *out)
+{
+    int64_t total = qat_ternary_weight_words(g), rw, nblk, k, kk, i;
+    int32_t o;
+    int rc;
+    if (total < 0 || !codes || !out)
+        return QAT_EARG;
+    rw = qat_binary_row_words(g);
+    nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;
+    for (i = 0; i < total; i++)
+        out[i] = 0;
+    rc = pack_plane(g, codes, out, 2 * rw * QAT_OC_BLOCK, PLANE_NONZERO);
+    if (rc == QAT_OK)
+        rc = pack_plane(g, codes, out + rw * QAT_OC_BLOCK, 2 * rw * QAT_OC_BLOCK, PLANE_POSITIVE);
+    if (rc != QAT_OK)
+        return rc;
+    k = (int64_t)g->kh * g->kw * g->c_in;
+    kk = (int64_t)g->kh * g->kw;
+    for (o = 0; o < g->c_out; o++) { /* after the planes: non-zero counts, then sums per kernel position */
+        uint64_t n = 0, *sums = out + nblk * (2 * rw + 1) * QAT_OC_BLOCK + (o / QAT_OC_BLOCK) * kk * QAT_OC_BLOCK;
+        for (i = 0; i < k; i++) {
+            int8_t v = codes[(int64_t)o * k + i];
+            n += v != 0;
+            sums[(i / g->c_in) * QAT_OC_BLOCK + o % QAT_OC_BLOCK] += (uint64_t)(int64_t)v; /* mod 2^64 */
+        }
+        out[nblk * 2 * rw * QAT_OC_BLOCK + o] = n;
+    }
     return QAT_OK;
 }

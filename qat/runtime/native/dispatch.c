@@ -42,6 +42,18 @@ int qat_binary_conv2d(const qat_conv_geom *g, const uint64_t *x, const uint64_t 
     return qat_binary_conv2d_scalar(g, x, w, acc, T, dir, bits, row0, row1);
 }
 
+int qat_ternary_conv2d(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w, int32_t *acc,
+                       const int32_t *T, const int8_t *dir, uint64_t *bits, int32_t row0, int32_t row1)
+{
+#if QAT_X86
+    if (qat_cpu_has_avx512())
+        return qat_ternary_conv2d_avx512(g, x, w, acc, T, dir, bits, row0, row1);
+    if (qat_cpu_has_avx2())
+        return qat_ternary_conv2d_avx2(g, x, w, acc, T, dir, bits, row0, row1);
+#endif
+    return qat_ternary_conv2d_scalar(g, x, w, acc, T, dir, bits, row0, row1);
+}
+
 int qat_int_conv2d(const qat_conv_geom *g, const void *x, int32_t x_type, int32_t zx,
                    const int16_t *w, int16_t *scratch, int32_t *acc, const qat_requant *rq,
                    void *out, int32_t row0, int32_t row1)

@@ -82,6 +82,13 @@ int64_t qat_binary_weight_words(const qat_conv_geom *g)
     return rw < 0 ? -1 : blocks(g->c_out) * rw * QAT_OC_BLOCK;
 }
 
+int64_t qat_ternary_weight_words(const qat_conv_geom *g)
+{
+    int64_t rw = qat_binary_row_words(g);
+    /* two planes a block, the non-zero counts, the sums per kernel position (qat_kernels.h) */
+    return rw < 0 ? -1 : blocks(g->c_out) * (2 * rw + 1 + (int64_t)g->kh * g->kw) * QAT_OC_BLOCK;
+}
+
 static int64_t k_pad(const qat_conv_geom *g)
 {
     int64_t k = (int64_t)g->kh * g->kw * g->c_in;

@@ -79,6 +79,8 @@ _SIGNATURES = {
     "qat_pack_signs": ([_P, ctypes.c_int64, _I, _P], ctypes.c_int),
     "qat_unpack_signs": ([_P, ctypes.c_int64, _I, _P], ctypes.c_int),
     "qat_binary_pack_weights": ([_G, _P, _P], ctypes.c_int),
+    "qat_ternary_weight_words": ([_G], ctypes.c_int64),
+    "qat_ternary_pack_weights": ([_G, _P, _P], ctypes.c_int),
     "qat_int_pack_weights": ([_G, _P, _P, _P], ctypes.c_int),
     "qat_threshold_pack": ([_P, ctypes.c_int64, _I, _P, _P, _P], ctypes.c_int),
     "qat_requantize": ([_P, ctypes.c_int64, _I, _RQ, _P], ctypes.c_int),
@@ -89,6 +91,7 @@ _SIGNATURES = {
 }
 for _isa in ISAS:
     _SIGNATURES[f"qat_binary_conv2d_{_isa}"] = ([_G, _P, _P, _P, _P, _P, _P, _I, _I], ctypes.c_int)
+    _SIGNATURES[f"qat_ternary_conv2d_{_isa}"] = ([_G, _P, _P, _P, _P, _P, _P, _I, _I], ctypes.c_int)
     _SIGNATURES[f"qat_int_conv2d_{_isa}"] = ([_G, _P, _I, _I, _P, _P, _P, _RQ, _P, _I, _I], ctypes.c_int)
 
 

@@ -3,6 +3,7 @@ the reference op (``qat.runtime.ops``) that validated it, and computing the same
 
 * ``BinaryLayer``: ``xnor_popcount`` conv2d / linear on packed signs -> int32 accumulators, or, fused
   with the ``threshold`` (and a ``maxpool2d`` between them) that reads them, packed signs;
+  ``TernaryLayer`` the same for ``ternary_popcount`` (ternary weights as two bit planes);
 * ``IntLayer``: ``int`` conv2d / linear on 8-bit codes -> int32, or fused with its ``requantize``;
 * ``MaxPoolI32``, ``ThresholdPack``, ``Requantize``, ``Flatten``: the same ops on native values.
 
@@ -89,16 +90,21 @@ class _Layer(NativeOp):
 
 
 class BinaryLayer(_Layer):
+    """``xnor_popcount`` (``kind = "binary"``); ``TernaryLayer``: ``ternary_popcount``, the same inputs,
+    outputs and fused stages with the ternary kernel and its two weight planes."""
+
+    kind = "binary"
+
     def __init__(self, lib, isa, spec, tensors, in_chw, outputs, threshold=None, pool=None):
         super().__init__(spec, tensors, in_chw, outputs)
-        self.lib, self.fn = lib, getattr(lib, f"qat_binary_conv2d_{isa}")
+        self.lib, self.fn = lib, getattr(lib, f"qat_{self.kind}_conv2d_{isa}")
         g = self.geom(1)
         if lib.qat_binary_row_words(g) > L.ROW_WORDS:
             raise NotNative(f"reduction rows longer than {L.ROW_WORDS} words")
-        self.weights = torch.zeros(int(lib.qat_binary_weight_words(g)), dtype=torch.int64)
+        self.weights = torch.zeros(int(getattr(lib, f"qat_{self.kind}_weight_words")(g)), dtype=torch.int64)
         codes = np.ascontiguousarray(self.codes, np.int8)  # held: ptr() does not keep it alive
-        L.check(lib.qat_binary_pack_weights(g, L.ptr(codes), L.ptr(self.weights)),
-                f"pack binary weights of {self.name}")
+        L.check(getattr(lib, f"qat_{self.kind}_pack_weights")(g, L.ptr(codes), L.ptr(self.weights)),
+                f"pack {self.kind} weights of {self.name}")
         self.thr = self.dir = self.pool = None
         if threshold is not None:
             self.thr, self.dir = threshold
@@ -124,6 +130,10 @@ class BinaryLayer(_Layer):
             env[self.outputs[0]] = Packed(out, self.c_out, self.flat)
         else:
             env[self.outputs[0]] = self.pool.apply(Packed(out, self.c_out))
+
+
+class TernaryLayer(BinaryLayer):
+    kind = "ternary"
 
 
 def threshold_tensors(op) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Which ops of a program run natively, and how they are fused.
 
 ``NativeProgram`` walks the manifest once per mode: ``fused`` (conv -> [maxpool] -> threshold becomes
-one binary layer writing packed bits, max pooling done on the bits; int conv -> requantize one int
+one binary or ternary layer writing packed bits, max pooling done on the bits; int conv -> requantize one int
 layer writing codes; on AVX-512, a ResNet block's float chain dequantize -> ... -> quantize one
 ``residual.ResidualStage``) for speed, ``unfused`` (every manifest value computed, for ``run(keep=True)``).
 An op without a native kernel runs as the reference op on reference-layout inputs; values convert
@@ -22,6 +22,9 @@ from qat.runtime.native.values import NATIVE, reference
 # ops whose every output element is computed alone from the same elements of the inputs: their
 # result does not depend on the memory format, so they may read channels_last views; any other op
 # (reductions, convolutions, BatchNorm) reads contiguous NCHW, as in the reference runtime
+# the popcount compute kinds and their native layers (same inputs, outputs and fused stages)
+POPCOUNT_LAYERS = {"xnor_popcount": N.BinaryLayer, "ternary_popcount": N.TernaryLayer}
+
 ELEMENTWISE = {"dequantize", "quantize", "threshold", "requantize", "add", "mul", "relu", "hardtanh"}
 
 
@@ -86,7 +89,7 @@ class NativeProgram:
             kind = op.spec["op"]
             step, used = None, 1
             try:
-                if kind in ("conv2d", "linear") and op.compute == "xnor_popcount":
+                if kind in ("conv2d", "linear") and op.compute in POPCOUNT_LAYERS:
                     step, used = self._binary(op, ops, i, producers, fuse)
                 elif kind in ("conv2d", "linear") and op.compute == "int":
                     step, used = self._int(op, ops, i, producers, fuse)
@@ -123,6 +126,7 @@ class NativeProgram:
         return len(self.values[op.outputs[0]]["shape"]) == 2
 
     def _binary(self, op, ops, i, producers, fuse):
+        layer_cls = POPCOUNT_LAYERS[op.compute]
         in_chw = self._in_chw(op, producers)
         out = op.outputs[0]
         if fuse and self._single(out, i + 1, ops):
@@ -133,10 +137,10 @@ class NativeProgram:
             if nxt.spec["op"] == "threshold" and nxt.spec["domain"] == "int" and nxt.inputs[0] == (
                     pool.outputs[0] if pool else out):
                 thr = N.threshold_tensors(nxt)
-                layer = N.BinaryLayer(self.lib, self.isa, op.spec, self.tensors, in_chw, nxt.outputs, thr,
-                                      pool.spec if pool else None)
+                layer = layer_cls(self.lib, self.isa, op.spec, self.tensors, in_chw, nxt.outputs, thr,
+                                  pool.spec if pool else None)
                 return layer, 3 if pool else 2
-        return N.BinaryLayer(self.lib, self.isa, op.spec, self.tensors, in_chw, op.outputs), 1
+        return layer_cls(self.lib, self.isa, op.spec, self.tensors, in_chw, op.outputs), 1
 
     def _int(self, op, ops, i, producers, fuse):
         in_chw = self._in_chw(op, producers)

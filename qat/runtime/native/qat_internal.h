@@ -180,6 +180,100 @@ static inline int qat_binary_conv_rows(const qat_conv_geom *g, const uint64_t *x
 }
 
 
+/* Ternary x sign convolution (qat_kernels.h). Padded activation bits are 0, so over a whole row
+ * popcount((x XOR pos) AND nz) counts the positive weights at padded positions as disagreements
+ * and popcount(nz) counts all non-zero weights; both are corrected by the sum of the weights at the
+ * padded positions: acc = nnz - 2 popcount((x XOR pos) AND nz) + sum_{padded k} w_k, the sums per
+ * kernel position of each channel being stored with the weights. */
+
+/* popcounts of (row XOR pos[j][l]) AND nz[j][l] summed over nw words, for the 16 channels l of a block */
+typedef void (*qat_tcount_fn)(const uint64_t *row, const uint64_t *nz, const uint64_t *pos, int64_t nw,
+                              uint64_t *dis);
+
+/* the parts of packed ternary weights (qat_kernels.h), found once per call (rw: the row words) */
+typedef struct qat_ternary_parts {
+    const uint64_t *planes, *counts, *sums; /* block b: planes + b * 2 rw 16, sums + b * kh kw 16 */
+    int64_t rw;
+} qat_ternary_parts;
+
+static inline qat_ternary_parts qat_ternary_split(const qat_conv_geom *g, const uint64_t *w, int64_t rw)
+{
+    int64_t nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;
+    qat_ternary_parts t;
+    t.planes = w;
+    t.counts = w + nblk * 2 * rw * QAT_OC_BLOCK;
+    t.sums = t.counts + nblk * QAT_OC_BLOCK;
+    t.rw = rw;
+    return t;
+}
+
+/* add to add16 the sum of the weights at the padded positions of output pixel (oy, ox), for the
+ * 16 channels of block b (the position sums are int64 values stored as uint64 words) */
+static inline void qat_ternary_padded(const qat_conv_geom *g, const qat_ternary_parts *t, int64_t b, int32_t oy,
+                                      int32_t ox, int32_t *add16)
+{
+    int32_t l, ky, kx, iy0 = oy * g->sh - g->ph, ix0 = ox * g->sw - g->pw;
+    for (ky = 0; ky < g->kh; ky++) {
+        int32_t iy = iy0 + ky * g->dh;
+        for (kx = 0; kx < g->kw; kx++) {
+            int32_t ix = ix0 + kx * g->dw;
+            const uint64_t *s;
+            if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w)
+                continue;
+            s = t->sums + ((b * g->kh + ky) * g->kw + kx) * QAT_OC_BLOCK;
+            for (l = 0; l < QAT_OC_BLOCK; l++)
+                add16[l] += (int32_t)(int64_t)s[l];
+        }
+    }
+}
+
+/* acc16 of one pixel and block: nnz - 2 dis, plus the padded positions' weights when its window is not full */
+static inline void qat_ternary_acc(const qat_conv_geom *g, const qat_ternary_parts *t, int64_t b, int32_t oy,
+                                   int32_t ox, int full, const uint64_t *dis, int32_t *acc16)
+{
+    const uint64_t *nnz = t->counts + b * QAT_OC_BLOCK;
+    int32_t l;
+    for (l = 0; l < QAT_OC_BLOCK; l++)
+        acc16[l] = (int32_t)nnz[l] - 2 * (int32_t)dis[l];
+    if (!full)
+        qat_ternary_padded(g, t, b, oy, ox, acc16);
+}
+
+/* The ternary x sign convolution over rows [row0, row1), given a count function: the loop of the
+ * binary one on the planes of each block */
+static inline int qat_ternary_conv_rows(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                                        int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                                        int32_t row0, int32_t row1, qat_tcount_fn count)
+{
+    uint64_t row[QAT_ROW_WORDS], mask[QAT_ROW_WORDS], dis[QAT_OC_BLOCK];
+    int64_t rw = qat_binary_args_check(g, x, w, acc, T, dir, bits, row0, row1), cwo, nblk;
+    qat_ternary_parts t;
+    int32_t r;
+    if (rw < 0)
+        return QAT_EARG;
+    t = qat_ternary_split(g, w, rw);
+    cwo = qat_sign_words(g->c_out);
+    nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;
+    for (r = row0; r < row1; r++) {
+        int32_t img = r / g->ho, oy = r % g->ho, ox;
+        for (ox = 0; ox < g->wo; ox++) {
+            int64_t pixel = (int64_t)r * g->wo + ox;
+            int full;
+            int32_t acc16[QAT_OC_BLOCK];
+            qat_window_row(g, x, img, oy, ox, row, mask, &full);
+            if (bits)
+                for (int64_t j = 0; j < cwo; j++)
+                    bits[pixel * cwo + j] = 0;
+            for (int64_t b = 0; b < nblk; b++) {
+                const uint64_t *nz = t.planes + b * 2 * rw * QAT_OC_BLOCK;
+                count(row, nz, nz + rw * QAT_OC_BLOCK, rw, dis);
+                qat_ternary_acc(g, &t, b, oy, ox, full, dis, acc16);
+                qat_binary_emit(g, pixel, (int32_t)b * QAT_OC_BLOCK, acc16, acc, T, dir, bits);
+            }
+        }
+    }
+    return QAT_OK;
+}
 
 /* One im2col row of an integer convolution: x - zx as int16 in (ky, kx, c_in) order, 0 at padded
  * positions and in the pad column of an odd K. */

@@ -1,4 +1,5 @@
-/* qat integer kernels: XNOR-popcount binary convolution, 8-bit integer convolution, their fused
+/* qat integer kernels: XNOR-popcount binary convolution, ternary-weight sign-input convolution, 8-bit
+ * integer convolution, their fused
  * output stages (threshold -> packed bits, fixed-point requantization) and max pooling.
  *
  * C99, integer arithmetic only: no float or double, no malloc, no global state, no Python or torch
@@ -146,6 +147,34 @@ int qat_binary_conv2d_avx2(const qat_conv_geom *g, const uint64_t *x, const uint
 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
                              int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
                              int32_t row0, int32_t row1);
+
+/* ------------------------------------------------------------------ ternary x sign convolution */
+/* Ternary weights w in {-1, 0, +1} (qat_ternary_pack_weights, from OHWI int8 codes): per block of 16
+ * output channels, the non-zero plane (bit = w != 0) then the positive plane (bit = w > 0), each
+ * [rw][16] uint64 in the binary weight layout above (rw = qat_binary_row_words, dense or per
+ * position as for binary weights); after all blocks, the non-zero count of each output channel,
+ * uint64 [c_out_pad], then the sum of each channel's weights at each kernel position,
+ * [c_out_pad / 16][kh][kw][16] int64 (two's complement in uint64 words). Size
+ * qat_ternary_weight_words(g).
+ * Arithmetic: acc = sum over valid kernel positions of sum_c x_c w_c, x in {-1, +1} (padding
+ *   contributes 0). Padded activation bits being 0, over the whole row
+ *   acc = popcount(nz) - 2 popcount((x XOR pos) AND nz) + sum of w over the padded positions
+ *   (a padded +1 weight counted as a disagreement, a padded -1 weight as an agreement).
+ *   Inputs, outputs (acc or threshold bits), rows: as qat_binary_conv2d. */
+int64_t qat_ternary_weight_words(const qat_conv_geom *g);
+int qat_ternary_pack_weights(const qat_conv_geom *g, const int8_t *codes, uint64_t *out);
+int qat_ternary_conv2d(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                       int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                       int32_t row0, int32_t row1);
+int qat_ternary_conv2d_scalar(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                              int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                              int32_t row0, int32_t row1);
+int qat_ternary_conv2d_avx2(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                            int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                            int32_t row0, int32_t row1);
+int qat_ternary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *x, const uint64_t *w,
+                              int32_t *acc, const int32_t *T, const int8_t *dir, uint64_t *bits,
+                              int32_t row0, int32_t row1);
 
 /* ------------------------------------------------------------------ integer convolution */
 /* int codes - zero point: w - zw[o] for each (o, k) of OHWI int32 codes [c_out][K] */

@@ -19,6 +19,8 @@ def lib(tmp_path_factory):
     lib = build_library(tmp_path_factory.mktemp("lib"), ["geom.c", "binary_pack.c", "int_conv.c"])
     G = ctypes.POINTER(ConvGeom)
     for name, args, res in [("qat_binary_pack_weights", [G, ctypes.c_void_p, ctypes.c_void_p], ctypes.c_int),
+                            ("qat_ternary_pack_weights", [G, ctypes.c_void_p, ctypes.c_void_p], ctypes.c_int),
+                            ("qat_ternary_weight_words", [G], ctypes.c_int64),
                             ("qat_int_pack_weights", [G] + [ctypes.c_void_p] * 3, ctypes.c_int),
                             ("qat_binary_weight_words", [G], ctypes.c_int64),
                             ("qat_int_weight_elems", [G], ctypes.c_int64),
@@ -38,6 +40,15 @@ def test_binary_weights(lib, shape):
     want = np.zeros(lib.qat_binary_weight_words(g), np.uint64)
     assert lib.qat_binary_pack_weights(g, ptr(codes), ptr(want)) == 0
     assert np.array_equal(layouts.binary_weights(codes).reshape(-1), want)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ternary_weights(lib, shape):
+    codes = np.random.default_rng(2).choice(np.array([-1, 0, 1], np.int8), shape)
+    g = _geom(*shape)
+    want = np.zeros(lib.qat_ternary_weight_words(g), np.uint64)
+    assert lib.qat_ternary_pack_weights(g, ptr(codes), ptr(want)) == 0
+    assert np.array_equal(layouts.ternary_weights(codes), want)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -20,8 +20,13 @@ GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed")
 
 
+# ternary weights x sign inputs (TBN), integer end to end: the first layer on the image, the last one's logits
+VARIANTS = {"twn_sign": ("twn", {"activations": "sign", "first": "weights_only", "last": "quant"})}
+
+
 def export(tmp_path, model, recipe):
-    m, r = deployed(model, recipe)
+    name, kw = VARIANTS.get(recipe, (recipe, {}))
+    m, r = deployed(model, name, **kw)
     return export_model(m, tmp_path / f"{recipe}_{model}", input_shape=SHAPE, normalization=NORM, recipe=r,
                         onnx=False).folder
 
@@ -35,7 +40,7 @@ def run(binary, images: torch.Tensor, tmp_path) -> np.ndarray:
 
 @needs_gcc
 @pytest.mark.parametrize("model", ["vgg_small", "mlp"])
-@pytest.mark.parametrize("recipe", ["bnn", "qat_uint8"])
+@pytest.mark.parametrize("recipe", ["bnn", "qat_uint8", "twn_sign"])
 def test_program_matches_runtime(tmp_path, recipe, model):
     folder, p = generate(export(tmp_path, model, recipe), tmp_path / "program")
     binary = build_example(folder, tmp_path / "classify")  # gcc -std=c99 -O2 -Wall -Wextra -Wpedantic -Werror
@@ -64,10 +69,12 @@ def test_program_files_integer_only(tmp_path):
     folder, p = generate(export(tmp_path, "vgg_small", "qat_uint8"), tmp_path / "program")
     top = sorted(f.name for f in folder.iterdir() if f.is_file())
     assert {"model.h", "model.c", "qat_kernels.h", "qat_input.h", "qat_scores.c", "summary.md"} <= set(top)
-    for f in folder.rglob("*.[ch]"):
+    ternary, _ = generate(export(tmp_path, "mlp", "twn_sign"), tmp_path / "ternary")
+    assert (ternary / "ternary_conv.c").is_file()
+    for f in [*folder.rglob("*.[ch]"), *ternary.rglob("*.[ch]")]:
         code = _code(f.read_text())
         assert not re.search(r"\b(float|double|malloc|calloc|realloc)\b", code), f.name
-        if f.parent == folder:  # a user's firmware links the top level as is
+        if f.parent in (folder, ternary):  # a user's firmware links the top level as is
             assert not re.search(r"\bmain\s*\(", code), f.name
     summary = (folder / "summary.md").read_text()
     assert f"| flash: weights and constants (const arrays) | {p.flash_bytes:,} |" in summary

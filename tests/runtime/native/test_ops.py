@@ -1,5 +1,5 @@
 """Native ops against exact references on random shapes, on every path of the library (AVX-512,
-AVX2, scalar): odd channel counts, reductions not a multiple of 64, strides, padding, 1x1 kernels,
+AVX2, scalar), binary and ternary weights against signs, 8-bit integers: odd channel counts, reductions not a multiple of 64, strides, padding, 1x1 kernels,
 batch 1."""
 
 import numpy as np
@@ -14,7 +14,7 @@ from qat.runtime.fixedpoint import quantize_multiplier
 from qat.runtime.native import library as L
 from qat.runtime.native import ops as N
 from qat.runtime.native.values import Nhwc, Packed, as_packed
-from qat.runtime.packing import pack_bits
+from qat.runtime.packing import pack_bits, pack_planes
 from tests.runtime.native.isas import ALL_ISAS
 
 pytestmark = pytest.mark.skipif(L.load_library() is None, reason="native kernel library not built")
@@ -52,21 +52,41 @@ def _binary_weight(wt_ohwi):
         "shape": list(wt_ohwi.shape)}
 
 
+def _ternary_weight(wt_ohwi):
+    return {"w": pack_planes(wt_ohwi.numpy())}, {
+        "tensor": "w", "kind": "ternary", "encoding": "planes", "bits": 2, "values": "signed",
+        "shape": list(wt_ohwi.shape)}
+
+
+def _ternary(shape, g):
+    """Codes in {-1, 0, +1}, a third of them 0 on average; the first output channel all 0 half the time."""
+    w = torch.randint(-1, 2, shape, generator=g).to(torch.int8)
+    if torch.rand(1, generator=g) < 0.5:
+        w[0] = 0
+    return w
+
+
+# the popcount layers: (weight codes, packed weight entry, native layer)
+KINDS = {"binary": (_pm1, _binary_weight, N.BinaryLayer), "ternary": (_ternary, _ternary_weight, N.TernaryLayer)}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("isa", ALL_ISAS)
 @settings(max_examples=80, deadline=None)
 @given(case=conv_case())
-def test_binary_conv_accumulators_threshold_and_pooled_bits(isa, case):
+def test_popcount_conv_accumulators_threshold_and_pooled_bits(kind, isa, case):
     c, o, k, s, p, d, h, w, n, seed, threads = case
+    codes, weight, layer = KINDS[kind]
     g = torch.Generator().manual_seed(seed)
-    x, wt = _pm1((n, c, h, w), g), _pm1((o, c, k, k), g)
+    x, wt = _pm1((n, c, h, w), g), codes((o, c, k, k), g)
     ref = F.conv2d(x.double(), wt.double(), stride=s, padding=p, dilation=d).to(torch.int32)
-    tensors, wspec = _binary_weight(wt.permute(0, 2, 3, 1).contiguous())
+    tensors, wspec = weight(wt.permute(0, 2, 3, 1).contiguous())
     spec = _spec("conv2d", o, c, k, s, p, d, wspec)
     lib = L.load_library()
     torch.set_num_threads(threads)
     try:
         env = {"x": x}
-        N.BinaryLayer(lib, isa, spec, tensors, (c, h, w), ["y"]).run(env)
+        layer(lib, isa, spec, tensors, (c, h, w), ["y"]).run(env)
         assert isinstance(env["y"], Nhwc) and torch.equal(env["y"].reference(), ref)
 
         bound = c * k * k
@@ -75,7 +95,7 @@ def test_binary_conv_accumulators_threshold_and_pooled_bits(isa, case):
         dirs = torch.where(up, 1, -1).to(torch.int8)
         want = torch.where((ref >= thr.view(1, -1, 1, 1)) == up.view(1, -1, 1, 1), 1, -1).to(torch.int8)
         env = {"x": x}
-        N.BinaryLayer(lib, isa, spec, tensors, (c, h, w), ["y"], (thr, dirs)).run(env)
+        layer(lib, isa, spec, tensors, (c, h, w), ["y"], (thr, dirs)).run(env)
         assert isinstance(env["y"], Packed) and torch.equal(env["y"].reference(), want)
 
         if min(ref.shape[2:]) >= 2:  # max pooling folded through the threshold, on the bits
@@ -84,7 +104,7 @@ def test_binary_conv_accumulators_threshold_and_pooled_bits(isa, case):
             pooled = F.max_pool2d(ref.double(), 2, 2, pool["padding"], 1, pool["ceil_mode"])
             want = torch.where((pooled >= thr.view(1, -1, 1, 1)) == up.view(1, -1, 1, 1), 1, -1).to(torch.int8)
             env = {"x": x}
-            N.BinaryLayer(lib, isa, spec, tensors, (c, h, w), ["y"], (thr, dirs), pool).run(env)
+            layer(lib, isa, spec, tensors, (c, h, w), ["y"], (thr, dirs), pool).run(env)
             assert torch.equal(env["y"].reference(), want)
             env = {"a": Nhwc(ref.permute(0, 2, 3, 1).contiguous())}
             N.MaxPoolI32(lib, {**pool, "inputs": ["a"], "outputs": ["m"]}, tuple(ref.shape[1:])).run(env)
@@ -93,19 +113,21 @@ def test_binary_conv_accumulators_threshold_and_pooled_bits(isa, case):
         torch.set_num_threads(1)
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("isa", ALL_ISAS)
 @settings(max_examples=20, deadline=None)
 @given(c=st.integers(1, 40), h=st.integers(1, 5), w=st.integers(1, 5), o=st.integers(1, 20), n=st.integers(1, 3),
        seed=st.integers(0, 2 ** 31))
-def test_binary_linear_over_a_flattened_map(isa, c, h, w, o, n, seed):
+def test_popcount_linear_over_a_flattened_map(kind, isa, c, h, w, o, n, seed):
     """A linear layer after a flatten runs as an h x w convolution on the NHWC map."""
+    codes, weight, layer = KINDS[kind]
     g = torch.Generator().manual_seed(seed)
-    x, wt = _pm1((n, c, h, w), g), _pm1((o, c * h * w), g)
+    x, wt = _pm1((n, c, h, w), g), codes((o, c * h * w), g)
     ref = (x.reshape(n, -1).long() @ wt.long().t()).int()
-    tensors, wspec = _binary_weight(wt)
+    tensors, wspec = weight(wt)
     env = {"x": as_packed(x, (c, h, w))}
-    N.BinaryLayer(L.load_library(), isa, _spec("linear", o, c, 0, 0, 0, 0, wspec), tensors, (c, h, w),
-                  ["y"]).run(env)
+    layer(L.load_library(), isa, _spec("linear", o, c, 0, 0, 0, 0, wspec), tensors, (c, h, w),
+          ["y"]).run(env)
     assert torch.equal(env["y"].reference(), ref)
 
 

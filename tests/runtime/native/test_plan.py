@@ -18,10 +18,15 @@ from tests.runtime.native.isas import ALL_ISAS
 pytestmark = pytest.mark.skipif(L.load_library() is None, reason="native kernel library not built")
 NATIVE_BACKENDS = [f"native-{isa}" for isa in L.available_isas() if isa != "avx512"]
 # what must run natively: the layers whose compute mode has a kernel
-EXPECT_NATIVE = {"bnn": "xnor_popcount", "qat_uint8": "int", "linear": "int"}
+EXPECT_NATIVE = {"bnn": "xnor_popcount", "qat_uint8": "int", "linear": "int", "twn_sign": "ternary_popcount",
+                 "admm_ternary_sign": "ternary_popcount", "admm_ternary_uint8": "int"}
+# the ternary recipes with quantized inputs (quant.activations)
+VARIANTS = {"twn_sign": ("twn", {"activations": "sign"}), "admm_ternary_sign": ("admm_ternary", {"activations": "sign"}),
+            "admm_ternary_uint8": ("admm_ternary", {"activations": "uint8"})}
 # every recipe on ResNet-20; VGG-small (max pooling, flatten, linear layers) and the MLP for the
 # recipes with native kernels
-CASES = [("resnet20", r) for r in sorted(RECIPES)] + [(m, r) for m in ("vgg_small", "mlp") for r in EXPECT_NATIVE]
+CASES = [("resnet20", r) for r in sorted(RECIPES) + sorted(VARIANTS)] + [
+    (m, r) for m in ("vgg_small", "mlp") for r in EXPECT_NATIVE if r not in ("admm_ternary_sign", "admm_ternary_uint8")]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,8 @@ def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("native_exports")
     out = {}
     for model, recipe in CASES:
-        m, r = deployed(model, recipe)
+        name, kw = VARIANTS.get(recipe, (recipe, {}))
+        m, r = deployed(model, name, **kw)
         out[model, recipe] = export_model(m, root / f"{recipe}_{model}", input_shape=SHAPE,
                                           normalization=NORM, recipe=r, onnx=False).folder
     return out
@@ -56,7 +62,7 @@ def test_every_value_is_bit_identical(exports, model, recipe, isa):
     if recipe in EXPECT_NATIVE:
         computes = {op["name"] for op in prog.manifest["ops"] if op.get("compute") == EXPECT_NATIVE[recipe]}
         assert computes and computes <= set(prog.native.native_ops(fused=False))
-    if isa == "avx512" and recipe == "qat_uint8":  # int8 weights and uint8 codes: all on VNNI
+    if isa == "avx512" and recipe in ("qat_uint8", "admm_ternary_uint8"):  # int8 weights, uint8 codes: all on VNNI
         kernels = {s.kernel for s in prog.native.plans[True] if isinstance(s, IntLayer)}
         assert kernels == {"avx512"}
     if isa == "avx512" and model == "resnet20" and recipe in EXPECT_NATIVE:  # each block's float chain fused
