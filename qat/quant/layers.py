@@ -83,21 +83,22 @@ class QuantMixin:
         """The weight the forward pass uses (fake-quantized, in float)."""
         return float32_quant(self.weight_quant, self.weight)
 
+    def input_quantized(self) -> bool:
+        from qat.quant.quantizers import Identity
+
+        return not isinstance(self.input_quant, Identity)
+
     def bias_after(self) -> bool:
         """Add the bias after the product, not inside torch's kernel, when the input is quantized.
 
         Products of quantized inputs and weights sum exactly (the deployed integer accumulator) and the
         export adds the bias to that sum once; torch's fused kernels may start from the bias and round
         at every step (a bias of 1e-9 then vanishes, and a following sign can flip)."""
-        from qat.quant.quantizers import Identity
-
-        return self.bias is not None and not isinstance(self.input_quant, Identity)
+        return self.bias is not None and self.input_quantized()
 
     def exact_sum(self) -> bool:
         """Inside :func:`exact_accumulation`, for a layer whose input is quantized."""
-        from qat.quant.quantizers import Identity
-
-        return _EXACT.get() and not isinstance(self.input_quant, Identity)
+        return _EXACT.get() and self.input_quantized()
 
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
