@@ -100,6 +100,8 @@ class Program:
         if x.dtype != torch.float32 or list(x.shape[1:]) != list(want):
             raise ValueError(f"input must be float32 [N, {', '.join(map(str, want))}], got {x.dtype} "
                              f"{list(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("the input batch is empty")
         if self.native is not None:
             return self.native.run(x, keep)
         env = {self.input_name: x}

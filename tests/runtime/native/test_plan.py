@@ -98,3 +98,22 @@ def test_backend_choice(monkeypatch, exports):
         choose_backend()
     with pytest.raises(ValueError, match="unknown runtime backend"):
         choose_backend("gpu")
+
+
+@pytest.mark.parametrize("recipe", ["bnn", "qat_uint8"])
+def test_large_batches_run_in_chunks(monkeypatch, exports, recipe):
+    from qat.runtime.native import plan
+
+    folder = exports["resnet20", recipe]
+    x = inputs(5)
+    want = load(folder, backend="reference")(x)
+    prog = load(folder)
+    calls = []
+    run_fused = prog.native._run_fused
+    monkeypatch.setattr(prog.native, "_run_fused", lambda part: calls.append(len(part)) or run_fused(part))
+    monkeypatch.setattr(plan, "CHUNK", 2)
+    assert torch.equal(prog(x), want)
+    assert calls == [2, 2, 1]
+    for backend in (None, "reference"):
+        with pytest.raises(ValueError, match="empty"):
+            load(folder, backend=backend)(x[:0])
