@@ -120,5 +120,5 @@ int64_t qat_int8_conv_scratch_bytes(const qat_conv_geom *g)
 {
     if (qat_conv_geom_check(g) != QAT_OK)
         return -1;
-    return 4 * qat_int8_k4(g); /* 4 im2col rows (the VNNI kernel's pixel block) */
+    return 8 * qat_int8_k4(g); /* 8 im2col rows (the VNNI kernel's largest pixel block) */
 }

@@ -7,7 +7,9 @@
  *   acc = sum_k u_k (wu_k - 128) + A[o] Su + zu B[o]  (mod 2^32, hence exact: |acc| < 2^31),
  *   Su = sum_k u_k of the pixel's row (vpsadbw).
  * Register block: 4 pixels x 32 output channels (8 zmm accumulators; one weight vector serves 4
- * pixels, one broadcast activation dword 32 channels), 16-channel blocks at the tail. The fused
+ * pixels, one broadcast activation dword 32 channels), 16-channel blocks at the tail; a layer of at
+ * most 16 output channels takes 8 pixels x 16 channels, so that it too has 8 independent
+ * accumulators to cover vpdpbusd's latency. The fused
  * requantization runs on 8 int64 lanes (vpmullq, vpsravq), the scalar path's arithmetic. */
 #include "qat_internal.h"
 
@@ -17,6 +19,7 @@
 
 #define QAT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define PIX 4
+#define PIX1 8 /* pixels of a block when the layer has one 16-channel block (QAT_INT8_ROWS) */
 
 /* n bytes from src (xor flip: int8 codes to their unsigned byte) and n bytes of value v, with
  * 64-byte (masked) vector moves instead of library calls for these short runs */
@@ -71,21 +74,78 @@ QAT_VNNI static inline void u8_row(const qat_conv_geom *g, const void *x, int32_
     fill_bytes(row + k, 0, k4 - k);
 }
 
-/* requantized codes of 8 channels (int64 lanes) of one pixel: clamp(Z + floor((((acc << f) + b) M0
- * + 2^(n-1)) / 2^n)) exactly as qat_requant1 */
-QAT_VNNI static inline __m256i requant8(__m256i acc, const qat_requant *rq, int32_t c0, __mmask8 keep)
+/* The constants of one block of 16 output channels from oc0 (fewer at the end: keep), loaded once
+ * for the pixels that share them: A and zu B of the accumulator, and the requantization's per
+ * channel operands in int64 lanes (lo: channels 0..7, hi: 8..15) */
+typedef struct block16 {
+    __m512i a, corr, f[2], n[2], b[2], m[2], half[2], zp, lo, hi;
+    __mmask16 keep;
+    int32_t oc0;
+} block16;
+
+QAT_VNNI static inline void block16_load(const qat_conv_geom *g, const int32_t *consta, const int32_t *constb,
+                                         int32_t zu, const qat_requant *rq, int32_t oc0, block16 *k)
 {
-    __m512i a = _mm512_cvtepi32_epi64(acc);
-    __m512i f = _mm512_cvtepi8_epi64(_mm_maskz_loadu_epi8(keep, rq->bias_shift + c0));
-    __m512i n = _mm512_cvtepi8_epi64(_mm_maskz_loadu_epi8(keep, rq->shift + c0));
-    __m512i b = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(keep, rq->bias + c0));
-    __m512i m = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(keep, rq->m0 + c0));
-    __m512i one = _mm512_set1_epi64(1);
-    __m512i v = _mm512_mullo_epi64(_mm512_add_epi64(_mm512_sllv_epi64(a, f), b), m);
-    v = _mm512_add_epi64(v, _mm512_srli_epi64(_mm512_sllv_epi64(one, n), 1)); /* 2^(n-1), 0 for n = 0 */
-    v = _mm512_add_epi64(_mm512_srav_epi64(v, n), _mm512_set1_epi64(rq->zero_point));
-    v = _mm512_min_epi64(_mm512_max_epi64(v, _mm512_set1_epi64(rq->lo)), _mm512_set1_epi64(rq->hi));
-    return _mm512_cvtepi64_epi32(v);
+    int32_t m = g->c_out - oc0 < QAT_OC_BLOCK ? g->c_out - oc0 : QAT_OC_BLOCK;
+    k->oc0 = oc0;
+    k->keep = (__mmask16)((1u << m) - 1u);
+    k->a = _mm512_loadu_si512(consta + oc0); /* mod 2^32: vpmulld keeps the low 32 bits */
+    k->corr = _mm512_mullo_epi32(_mm512_set1_epi32(zu), _mm512_loadu_si512(constb + oc0));
+    if (!rq) { /* accumulators out: no requantization */
+        k->f[0] = k->f[1] = k->n[0] = k->n[1] = k->b[0] = k->b[1] = k->m[0] = k->m[1] = _mm512_setzero_si512();
+        k->half[0] = k->half[1] = k->zp = k->lo = k->hi = _mm512_setzero_si512();
+        return;
+    }
+    for (int h = 0; h < 2; h++) {
+        __mmask8 keep = (__mmask8)(k->keep >> (8 * h));
+        int32_t c0 = oc0 + 8 * h;
+        k->f[h] = _mm512_cvtepi8_epi64(_mm_maskz_loadu_epi8(keep, rq->bias_shift + c0));
+        k->n[h] = _mm512_cvtepi8_epi64(_mm_maskz_loadu_epi8(keep, rq->shift + c0));
+        k->b[h] = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(keep, rq->bias + c0));
+        k->m[h] = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(keep, rq->m0 + c0));
+        k->half[h] = _mm512_srli_epi64(_mm512_sllv_epi64(_mm512_set1_epi64(1), k->n[h]), 1); /* 2^(n-1), 0 for n = 0 */
+    }
+    k->zp = _mm512_set1_epi64(rq->zero_point);
+    k->lo = _mm512_set1_epi64(rq->lo);
+    k->hi = _mm512_set1_epi64(rq->hi);
+}
+
+/* requantized codes of 8 channels (int64 lanes, half h of a block) of one pixel:
+ * clamp(Z + floor((((acc << f) + b) M0 + 2^(n-1)) / 2^n)) exactly as qat_requant1 */
+QAT_VNNI static inline __m256i requant8(__m256i acc, const block16 *k, int h)
+{
+    __m512i v = _mm512_mullo_epi64(_mm512_add_epi64(_mm512_sllv_epi64(_mm512_cvtepi32_epi64(acc), k->f[h]), k->b[h]),
+                                   k->m[h]);
+    v = _mm512_add_epi64(_mm512_srav_epi64(_mm512_add_epi64(v, k->half[h]), k->n[h]), k->zp);
+    return _mm512_cvtepi64_epi32(_mm512_min_epi64(_mm512_max_epi64(v, k->lo), k->hi));
+}
+
+QAT_VNNI static inline __m512i bcast4(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+/* the dot products of 8 rows (a[p], k4 = 4 kq bytes each) with one 16-channel weight block */
+QAT_VNNI static inline void dot8(const uint8_t *a, int64_t k4, const int8_t *w0, __m512i *d)
+{
+    const uint8_t *a0 = a, *a1 = a + k4, *a2 = a + 2 * k4, *a3 = a + 3 * k4, *a4 = a + 4 * k4, *a5 = a + 5 * k4,
+                  *a6 = a + 6 * k4, *a7 = a + 7 * k4;
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+    int64_t i, kq = k4 / 4;
+    for (i = 0; i < kq; i++) {
+        __m512i v0 = _mm512_loadu_si512(w0 + i * 64);
+        s0 = _mm512_dpbusd_epi32(s0, bcast4(a0 + 4 * i), v0);
+        s1 = _mm512_dpbusd_epi32(s1, bcast4(a1 + 4 * i), v0);
+        s2 = _mm512_dpbusd_epi32(s2, bcast4(a2 + 4 * i), v0);
+        s3 = _mm512_dpbusd_epi32(s3, bcast4(a3 + 4 * i), v0);
+        s4 = _mm512_dpbusd_epi32(s4, bcast4(a4 + 4 * i), v0);
+        s5 = _mm512_dpbusd_epi32(s5, bcast4(a5 + 4 * i), v0);
+        s6 = _mm512_dpbusd_epi32(s6, bcast4(a6 + 4 * i), v0);
+        s7 = _mm512_dpbusd_epi32(s7, bcast4(a7 + 4 * i), v0);
+    }
+    d[0] = s0, d[1] = s1, d[2] = s2, d[3] = s3, d[4] = s4, d[5] = s5, d[6] = s6, d[7] = s7;
 }
 
 /* Su: the sum of a row's k4 bytes */
@@ -101,35 +161,24 @@ QAT_VNNI static inline int32_t row_sum(const uint8_t *row, int64_t k4)
     return (int32_t)(uint32_t)_mm512_reduce_add_epi64(t); /* mod 2^32 */
 }
 
-/* output stage of one pixel, channels oc0 .. oc0 + 15 (fewer at the end): dot + A Su + zu B,
- * given corr = zu B and the block's A */
-QAT_VNNI static inline void emit16(const qat_conv_geom *g, int64_t pixel, int32_t oc0, __m512i dot,
-                                   __m512i a, int32_t su, __m512i corr, int32_t *acc, const qat_requant *rq,
-                                   void *out)
+/* output stage of one pixel and one block: dot + A Su + zu B, stored or requantized */
+QAT_VNNI static inline void emit16(const qat_conv_geom *g, int64_t pixel, __m512i dot, int32_t su, const block16 *k,
+                                   int32_t *acc, const qat_requant *rq, void *out)
 {
-    int32_t m = g->c_out - oc0 < QAT_OC_BLOCK ? g->c_out - oc0 : QAT_OC_BLOCK;
-    __mmask16 keep = (__mmask16)((1u << m) - 1u);
-    __m512i v = _mm512_add_epi32(_mm512_add_epi32(dot, corr), _mm512_mullo_epi32(a, _mm512_set1_epi32(su)));
-    int64_t at = pixel * g->c_out + oc0;
+    __m512i v = _mm512_add_epi32(_mm512_add_epi32(dot, k->corr), _mm512_mullo_epi32(k->a, _mm512_set1_epi32(su)));
+    int64_t at = pixel * g->c_out + k->oc0;
     if (acc) {
-        _mm512_mask_storeu_epi32(acc + at, keep, v);
+        _mm512_mask_storeu_epi32(acc + at, k->keep, v);
         return;
     }
-    v = _mm512_inserti64x4(_mm512_castsi256_si512(requant8(_mm512_castsi512_si256(v), rq, oc0, (__mmask8)keep)),
-                           requant8(_mm512_extracti64x4_epi64(v, 1), rq, oc0 + 8, (__mmask8)(keep >> 8)), 1);
+    v = _mm512_inserti64x4(_mm512_castsi256_si512(requant8(_mm512_castsi512_si256(v), k, 0)),
+                           requant8(_mm512_extracti64x4_epi64(v, 1), k, 1), 1);
     switch (rq->out_type) {
-    case QAT_U8: _mm512_mask_cvtepi32_storeu_epi8((uint8_t *)out + at, keep, v); break;
-    case QAT_I8: _mm512_mask_cvtepi32_storeu_epi8((int8_t *)out + at, keep, v); break;
-    case QAT_I16: _mm512_mask_cvtepi32_storeu_epi16((int16_t *)out + at, keep, v); break;
-    default: _mm512_mask_storeu_epi32((int32_t *)out + at, keep, v); break;
+    case QAT_U8: _mm512_mask_cvtepi32_storeu_epi8((uint8_t *)out + at, k->keep, v); break;
+    case QAT_I8: _mm512_mask_cvtepi32_storeu_epi8((int8_t *)out + at, k->keep, v); break;
+    case QAT_I16: _mm512_mask_cvtepi32_storeu_epi16((int16_t *)out + at, k->keep, v); break;
+    default: _mm512_mask_storeu_epi32((int32_t *)out + at, k->keep, v); break;
     }
-}
-
-QAT_VNNI static inline __m512i bcast4(const uint8_t *p)
-{
-    int32_t v;
-    memcpy(&v, p, sizeof v);
-    return _mm512_set1_epi32(v);
 }
 
 QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_t x_type, int32_t zx,
@@ -138,7 +187,8 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
 {
     int64_t k4, kq, nblk, wblk;
     const int32_t *consta, *constb;
-    int32_t r, zu;
+    int32_t r, zu, pix;
+    block16 first; /* the constants of the only block, when there is one */
     int rc = qat_int_args_check(g, x, x_type, zx, (const int16_t *)w, (const int16_t *)scratch, acc, rq, out,
                                 row0, row1);
     if (rc != QAT_OK)
@@ -152,22 +202,31 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
     wblk = k4 * QAT_OC_BLOCK; /* bytes of one 16-channel block */
     consta = (const int32_t *)(const void *)(w + nblk * wblk);
     constb = consta + nblk * QAT_OC_BLOCK;
+    pix = nblk == 1 ? PIX1 : PIX;
+    block16_load(g, consta, constb, zu, rq, 0, &first);
     for (r = row0; r < row1; r++) {
         int32_t img = r / g->ho, oy = r % g->ho, ox;
-        for (ox = 0; ox < g->wo; ox += PIX) {
-            int32_t np = g->wo - ox < PIX ? g->wo - ox : PIX, p, su[PIX];
+        for (ox = 0; ox < g->wo; ox += pix) {
+            int32_t np = g->wo - ox < pix ? g->wo - ox : pix, p, su[PIX1];
             const uint8_t *a0 = scratch, *a1 = scratch + k4, *a2 = scratch + 2 * k4, *a3 = scratch + 3 * k4;
             for (p = 0; p < np; p++) {
                 u8_row(g, x, x_type, (uint8_t)zu, img, oy, ox + p, k4, scratch + p * k4);
                 su[p] = row_sum(scratch + p * k4, k4);
             }
-            for (p = np; p < PIX; p++) /* a partial block computes on copies of its first row */
+            for (p = np; p < pix; p++) /* a partial block computes on copies of its first row */
                 memcpy(scratch + p * k4, scratch, (size_t)k4);
+            if (nblk == 1) {
+                __m512i d[PIX1];
+                dot8(scratch, k4, w, d);
+                for (p = 0; p < np; p++)
+                    emit16(g, (int64_t)r * g->wo + ox + p, d[p], su[p], &first, acc, rq, out);
+                continue;
+            }
             for (int64_t b = 0; b < nblk; b += 2) {
                 const int8_t *w0 = w + b * wblk, *w1 = w0 + (b + 1 < nblk ? wblk : 0);
                 __m512i s00 = _mm512_setzero_si512(), s01 = s00, s10 = s00, s11 = s00;
-                __m512i s20 = s00, s21 = s00, s30 = s00, s31 = s00, zuv = _mm512_set1_epi32(zu);
-                __m512i a0v, a1v, corr0, corr1;
+                __m512i s20 = s00, s21 = s00, s30 = s00, s31 = s00;
+                block16 k0, k1;
                 int64_t i;
                 if (b + 1 < nblk) {
 /* one pixel's broadcast dword against the block's two weight vectors */
@@ -194,18 +253,18 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
                         s30 = _mm512_dpbusd_epi32(s30, bcast4(a3 + 4 * i), v0);
                     }
                 }
-                /* mod 2^32: vpmulld keeps the low 32 bits */
-                a0v = _mm512_loadu_si512(consta + b * QAT_OC_BLOCK);
-                corr0 = _mm512_mullo_epi32(zuv, _mm512_loadu_si512(constb + b * QAT_OC_BLOCK));
-                a1v = b + 1 < nblk ? _mm512_loadu_si512(consta + (b + 1) * QAT_OC_BLOCK) : a0v;
-                corr1 = b + 1 < nblk ? _mm512_mullo_epi32(zuv, _mm512_loadu_si512(constb + (b + 1) * QAT_OC_BLOCK)) : corr0;
+                block16_load(g, consta, constb, zu, rq, (int32_t)b * QAT_OC_BLOCK, &k0);
+                if (b + 1 < nblk)
+                    block16_load(g, consta, constb, zu, rq, (int32_t)(b + 1) * QAT_OC_BLOCK, &k1);
+                else
+                    k1 = k0; /* unused */
                 {
                     __m512i d0[PIX] = {s00, s10, s20, s30}, d1[PIX] = {s01, s11, s21, s31};
                     for (p = 0; p < np; p++) {
                         int64_t pixel = (int64_t)r * g->wo + ox + p;
-                        emit16(g, pixel, (int32_t)b * QAT_OC_BLOCK, d0[p], a0v, su[p], corr0, acc, rq, out);
+                        emit16(g, pixel, d0[p], su[p], &k0, acc, rq, out);
                         if (b + 1 < nblk)
-                            emit16(g, pixel, (int32_t)(b + 1) * QAT_OC_BLOCK, d1[p], a1v, su[p], corr1, acc, rq, out);
+                            emit16(g, pixel, d1[p], su[p], &k1, acc, rq, out);
                     }
                 }
             }

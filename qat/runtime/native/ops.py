@@ -14,6 +14,8 @@ NHWC layout never needs to be undone before a classifier.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -108,6 +110,8 @@ class BinaryLayer(_Layer):
         self.thr = self.dir = self.pool = None
         if threshold is not None:
             self.thr, self.dir = threshold
+        self.ptrs = (L.ptr(self.weights), None if self.thr is None else L.ptr(self.thr),
+                     None if self.dir is None else L.ptr(self.dir))  # held by self
         if pool is not None:
             self.pool = MaxPoolBits(pool, (self.c_out, self.ho, self.wo), self.dir, lib)
 
@@ -115,15 +119,15 @@ class BinaryLayer(_Layer):
         x = as_packed(env[self.inputs[0]], self.in_chw)
         n = x.words.shape[0]
         g = self.geom(n)
+        ww, thr, dr = self.ptrs
         if self.thr is None:
             out = torch.empty(n, self.ho, self.wo, self.c_out, dtype=torch.int32)
-            acc, thr, dr, bits = L.ptr(out), None, None, None
+            acc, bits = L.ptr(out), None
         else:
             out = torch.empty(n, self.ho, self.wo, sign_words(self.c_out), dtype=torch.int64)
-            acc, thr, dr, bits = None, L.ptr(self.thr), L.ptr(self.dir), L.ptr(out)
-        xw, ww = L.ptr(x.words), L.ptr(self.weights)
-        parallel_rows(lambda r0, r1: L.check(self.fn(g, xw, ww, acc, thr, dr, bits, r0, r1), self.name),
-                      n * self.ho)
+            acc, bits = None, L.ptr(out)
+        xw, fn = L.ptr(x.words), self.fn
+        parallel_rows(lambda r0, r1: L.check(fn(g, xw, ww, acc, thr, dr, bits, r0, r1), self.name), n * self.ho)
         if self.thr is None:
             env[self.outputs[0]] = Nhwc(out, self.flat)
         elif self.pool is None:
@@ -190,6 +194,7 @@ class IntLayer(_Layer):
                     f"pack int weights of {self.name}")
             self.scratch = (int(lib.qat_int_conv_scratch_elems(g)), torch.int16)
         self.fn = getattr(lib, f"qat_int_conv2d_{self.kernel}")
+        self.weights_ptr, self._scratches = L.ptr(self.weights), {}
         self.rq = self.rq_keep = None
         if requant is not None:
             self.rq, self.rq_keep = requant_struct(requant)
@@ -207,15 +212,20 @@ class IntLayer(_Layer):
         else:
             out = torch.empty(n, self.ho, self.wo, self.c_out, dtype=self.out_dtype)
             acc, rq, codes = None, self.rq, L.ptr(out)
-        xp, wp = L.ptr(x), L.ptr(self.weights)
+        xp, wp, fn, x_type, zx = L.ptr(x), self.weights_ptr, self.fn, self.x_type, self.zx
 
         def rows(r0, r1):
-            scratch = torch.empty(self.scratch[0], dtype=self.scratch[1])
-            L.check(self.fn(g, xp, self.x_type, self.zx, wp, L.ptr(scratch), acc,
-                            None if rq is None else rq, codes, r0, r1), self.name)
+            L.check(fn(g, xp, x_type, zx, wp, self._scratch(), acc, rq, codes, r0, r1), self.name)
 
         parallel_rows(rows, n * self.ho)
         env[self.outputs[0]] = Nhwc(out, self.flat)
+
+    def _scratch(self) -> int:
+        """The calling thread's im2col rows (kept: the thread pool's threads come back)."""
+        t = self._scratches.get(threading.get_ident())
+        if t is None:
+            t = self._scratches[threading.get_ident()] = torch.empty(self.scratch[0], dtype=self.scratch[1])
+        return t.data_ptr()
 
 
 def _pool_geom(spec, chw):
