@@ -15,13 +15,11 @@ from collections import Counter
 import torch
 
 from qat.runtime.native import ops as N
+from qat.runtime.shape_ops import OPS as SHAPE_OPS
 from qat.runtime.native.residual import residual_stage
 from qat.runtime.native.values import NATIVE, reference
 
 
-# ops whose every output element is computed alone from the same elements of the inputs: their
-# result does not depend on the memory format, so they may read channels_last views; any other op
-# (reductions, convolutions, BatchNorm) reads contiguous NCHW, as in the reference runtime
 # the popcount compute kinds and their native layers (same inputs, outputs and fused stages)
 POPCOUNT_LAYERS = {"xnor_popcount": N.BinaryLayer, "ternary_popcount": N.TernaryLayer}
 
@@ -31,7 +29,12 @@ POPCOUNT_LAYERS = {"xnor_popcount": N.BinaryLayer, "ternary_popcount": N.Ternary
 # image alone, so the result does not depend on the chunking.
 CHUNK = 16
 
+# ops whose every output element is computed alone from the same elements of the inputs: their
+# result does not depend on the memory format, so they may read channels_last views; any other op
+# (reductions, convolutions, BatchNorm) reads contiguous NCHW, as in the reference runtime
 ELEMENTWISE = {"dequantize", "quantize", "threshold", "requantize", "add", "mul", "relu", "hardtanh"}
+# and the ops that only move values (qat.runtime.shape_ops): a copy of each element or a constant
+ANY_FORMAT = ELEMENTWISE | set(SHAPE_OPS)
 
 
 class RefStep:
@@ -39,7 +42,7 @@ class RefStep:
 
     def __init__(self, op):
         self.op, self.inputs, self.outputs = op, op.inputs, op.outputs
-        self.any_format = op.spec["op"] in ELEMENTWISE
+        self.any_format = op.spec["op"] in ANY_FORMAT
 
     def run(self, env):
         local = {name: reference(env[name]) for name in self.inputs}
