@@ -115,12 +115,35 @@ static void build_stream(const qat_conv_geom *g, const uint64_t *x, int32_t img,
     finish(&b, sw);
 }
 
-/* the reduction row (and mask) of output pixel (oy, ox) from the streams of its kh lines; returns
- * the number of valid kernel positions; no mask when *full */
-static inline int32_t stream_row(const qat_conv_geom *g, const uint64_t *streams, const uint64_t *colmask,
+/* The kh line streams of output row r, kept from the previous row where they are the same lines:
+ * consecutive output rows of an image share kh - 1 lines at stride 1 (the lines of a row are
+ * consecutive when dh = 1, so line iy lives in slot iy mod kh; with dh > 1 every row rebuilds). */
+typedef struct line_cache {
+    int64_t tag[QAT_STREAM_WORDS / 2]; /* img * (h + 2 kh) + iy + kh of the line in each slot, or -1 */
+} line_cache;
+
+static void row_lines(const qat_conv_geom *g, const uint64_t *x, uint64_t *streams, line_cache *c, int32_t img,
+                      int32_t oy, const uint64_t **line)
+{
+    int64_t sw = stream_words(g);
+    for (int32_t ky = 0; ky < g->kh; ky++) {
+        int32_t iy = oy * g->sh - g->ph + ky * g->dh;
+        int32_t slot = g->dh == 1 ? ((iy % g->kh) + g->kh) % g->kh : ky;
+        int64_t tag = (int64_t)img * (g->h + 2 * g->kh) + iy + g->kh;
+        if (g->dh != 1 || c->tag[slot] != tag) {
+            build_stream(g, x, img, iy, streams + slot * sw);
+            c->tag[slot] = g->dh == 1 ? tag : -1;
+        }
+        line[ky] = streams + slot * sw;
+    }
+}
+
+/* the reduction row (and mask) of output pixel (oy, ox) from the streams of its kh lines (line[ky]);
+ * returns the number of valid kernel positions; no mask when *full */
+static inline int32_t stream_row(const qat_conv_geom *g, const uint64_t *const *line, const uint64_t *colmask,
                                  int32_t oy, int32_t ox, int64_t rw, uint64_t *row, uint64_t *mask, int *full)
 {
-    int64_t sw = stream_words(g), run = (int64_t)g->kw * g->c_in, start = (int64_t)ox * g->sw * g->c_in;
+    int64_t run = (int64_t)g->kw * g->c_in, start = (int64_t)ox * g->sw * g->c_in;
     int32_t ky, vy = 0, vx = 0, kx, ix0 = ox * g->sw - g->pw;
     bitwriter br = {row, 0, 0, 0};
     for (kx = 0; kx < g->kw; kx++)
@@ -129,7 +152,7 @@ static inline int32_t stream_row(const qat_conv_geom *g, const uint64_t *streams
         int32_t iy = oy * g->sh - g->ph + ky * g->dh;
         int in = iy >= 0 && iy < g->h;
         vy += in;
-        put_run(&br, streams + ky * sw, start, run, !in);
+        put_run(&br, line[ky], start, run, !in);
     }
     finish(&br, rw);
     *full = vy == g->kh && vx == g->kw;
@@ -193,6 +216,8 @@ QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *
 {
     uint64_t rows[QAT_B512_PIXELS][QAT_ROW_WORDS], masks[QAT_B512_PIXELS][QAT_ROW_WORDS];
     uint64_t streams[QAT_STREAM_WORDS], full_mask[QAT_ROW_WORDS];
+    const uint64_t *line[QAT_STREAM_WORDS / 2];
+    line_cache cache;
     int64_t rw = qat_binary_args_check(g, x, w, acc, T, dir, bits, row0, row1), cwo, nblk, sw;
     int32_t r;
     int use_streams;
@@ -210,12 +235,13 @@ QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *
         uint64_t *colmask = streams + g->kh * sw;
         memset(colmask, 0, (size_t)sw * sizeof *colmask);
         set_ones(colmask, (int64_t)g->pw * g->c_in, (int64_t)g->w * g->c_in);
+        for (int32_t k = 0; k < g->kh; k++)
+            cache.tag[k] = -1;
     }
     for (r = row0; r < row1; r++) {
         int32_t img = r / g->ho, oy = r % g->ho, ox;
         if (use_streams)
-            for (int32_t ky = 0; ky < g->kh; ky++)
-                build_stream(g, x, img, oy * g->sh - g->ph + ky * g->dh, streams + ky * sw);
+            row_lines(g, x, streams, &cache, img, oy, line);
         for (ox = 0; ox < g->wo; ox += QAT_B512_PIXELS) {
             int32_t np = g->wo - ox < QAT_B512_PIXELS ? g->wo - ox : QAT_B512_PIXELS, p;
             int32_t nvalid[QAT_B512_PIXELS];
@@ -224,7 +250,7 @@ QAT_AVX512 int qat_binary_conv2d_avx512(const qat_conv_geom *g, const uint64_t *
             for (p = 0; p < QAT_B512_PIXELS; p++) {
                 int full = 1;
                 if (p < np && use_streams)
-                    nvalid[p] = stream_row(g, streams, streams + g->kh * sw, oy, ox + p, rw, rows[p], masks[p],
+                    nvalid[p] = stream_row(g, line, streams + g->kh * sw, oy, ox + p, rw, rows[p], masks[p],
                                            &full) * g->c_in;
                 else if (p < np)
                     nvalid[p] = qat_window_row(g, x, img, oy, ox + p, rows[p], masks[p], &full) * g->c_in;
