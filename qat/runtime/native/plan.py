@@ -102,10 +102,11 @@ class NativeProgram:
                     step, used = self._binary(op, ops, i, producers, fuse)
                 elif kind in ("conv2d", "linear") and op.compute == "int":
                     step, used = self._int(op, ops, i, producers, fuse)
-                elif (fuse and self.isa == "avx512" and len(self.values[op.inputs[0]]["shape"]) == 4 and (
+                elif (fuse and self.isa == "avx512" and len(self.values[op.inputs[0]]["shape"]) in (2, 4) and (
                         (kind == "dequantize" and op.inputs[0] in native_i32) or
                         (kind in ("batchnorm", "quantize") and self.values[op.inputs[0]]["dtype"] == "float32"))):
-                    gaps, step, used = residual_stage(self, ops, i, _chw(self.values, op.inputs[0])) or ([], None, 1)
+                    gaps, step, used = residual_stage(self, ops, i, _chw(self.values, op.inputs[0]),
+                                                      len(self.values[op.inputs[0]]["shape"]) == 2) or ([], None, 1)
                     steps += [RefStep(g) for g in gaps]  # a shortcut the stage adds, computed first
                 elif kind == "maxpool2d" and op.inputs[0] in native_i32:
                     step = N.MaxPoolI32(self.lib, op.spec, _chw(self.values, op.inputs[0]))

@@ -66,7 +66,7 @@ def _match(plan, ops, i):
             continue
         gaps += ops[j:k]
         roles[role], cur, j = ops[k], ops[k].outputs[0], k + 1
-    if len(roles) < 2:
+    if len(roles) < 2 and first != "dequantize":  # (a dequantize alone: one pass instead of 4 torch ops)
         return None
     # the quantize right after may read the chain's value even when others read it too
     if j < len(ops) and ops[j].spec["op"] == "quantize" and ops[j].inputs == [cur] and _quantizes_natively(ops[j]):
@@ -79,7 +79,7 @@ def _quantizes_natively(op) -> bool:
 
 
 class ResidualStage(NativeOp):
-    def __init__(self, lib, roles: dict, value: str, chw, needs_value: bool, bn_fma: bool):
+    def __init__(self, lib, roles: dict, value: str, chw, needs_value: bool, bn_fma: bool, flat: bool = False):
         d = roles.get("dequantize")
         first = d or roles.get("batchnorm") or roles["quantize"]
         inputs = [first.inputs[0]]
@@ -93,6 +93,7 @@ class ResidualStage(NativeOp):
         outputs = ([value] if needs_value else []) + (q.outputs if q is not None else [])
         super().__init__(inputs, outputs, f"{first.name} (fused float stage)")
         self.lib, self.chw, self.value, self.needs_value = lib, chw, value, needs_value
+        self.flat = flat  # the chain's values are [n, c] (a classifier's), read as [n, c, 1, 1]
         c = chw[0]
         keep = []  # the arrays the structure points into
 
@@ -136,19 +137,20 @@ class ResidualStage(NativeOp):
             p.qlo, p.qhi, p.code_type = float(lo), float(hi), (L.U8 if self.code_dtype == torch.uint8 else L.I8)
         self.p, self.keep, self.q = p, keep, q
 
+    def _nhwc_float(self, v) -> torch.Tensor:
+        """A float value (NCHW, a channels_last view of a stage's output, or [n, c]) as NHWC."""
+        t = reference(v)
+        c, h, w = self.chw
+        if t.dtype != torch.float32 or tuple(t.shape[1:]) != ((c,) if self.flat else (c, h, w)):
+            raise ValueError(f"{self.name}: float input of {t.dtype} {list(t.shape)}")
+        t = t.reshape(t.shape[0], 1, 1, c) if self.flat else t.permute(0, 2, 3, 1)
+        return t if t.is_contiguous() else t.contiguous()  # no copy after a stage like this one
+
     def run(self, env):
-        if self.float_in:  # a float value (NCHW, or a channels_last view of a stage's output)
-            acc = reference(env[self.inputs[0]]).permute(0, 2, 3, 1).contiguous()
-        else:
-            acc = as_nhwc(env[self.inputs[0]], self.chw)
+        acc = self._nhwc_float(env[self.inputs[0]]) if self.float_in else as_nhwc(env[self.inputs[0]], self.chw)
         n = acc.shape[0]
         c, h, w = self.chw
-        res = None
-        if self.res_name is not None:
-            res = reference(env[self.res_name])
-            if res.dtype != torch.float32 or tuple(res.shape[1:]) != (c, h, w):
-                raise ValueError(f"{self.name}: residual of shape {list(res.shape)}")
-            res = res.permute(0, 2, 3, 1).contiguous()  # a view when it came from a stage like this one
+        res = None if self.res_name is None else self._nhwc_float(env[self.res_name])
         out = torch.empty(n, h, w, c, dtype=torch.float32)
         bits = codes = None
         if self.kind == "sign":
@@ -167,15 +169,15 @@ class ResidualStage(NativeOp):
                 self.name)
 
         parallel_rows(part, n * h)
-        if self.needs_value:
-            env[self.value] = out.permute(0, 3, 1, 2)  # the reference's NCHW value, channels_last
+        if self.needs_value:  # the reference's NCHW value, channels_last
+            env[self.value] = out.reshape(n, c) if self.flat else out.permute(0, 3, 1, 2)
         if bits is not None:
-            env[self.q.outputs[0]] = Packed(bits, c)
+            env[self.q.outputs[0]] = Packed(bits, c, self.flat)
         elif codes is not None:
-            env[self.q.outputs[0]] = Nhwc(codes)
+            env[self.q.outputs[0]] = Nhwc(codes, self.flat)
 
 
-def residual_stage(plan, ops, i, chw):
+def residual_stage(plan, ops, i, chw, flat=False):
     """``(gap ops, stage, ops used)`` for a residual chain at ``ops[i]`` that the native pass computes
     exactly as the reference does on a probe, or None."""
     m = _match(plan, ops, i)
@@ -183,11 +185,11 @@ def residual_stage(plan, ops, i, chw):
         return None
     roles, value, gaps, used = m
     # the chain's float value, unless only the fused quantize reads it (or it is the stage's input)
-    needs_value = len(roles) > 1 and ("quantize" not in roles or plan.readers[value] > 1
-                                      or value == plan.program.output_name)
+    needs_value = "quantize" not in roles or (len(roles) > 1 and (plan.readers[value] > 1
+                                                                  or value == plan.program.output_name))
     for fma in ((True, False) if "batchnorm" in roles else (False,)):
         try:
-            stage = ResidualStage(plan.lib, roles, value, chw, needs_value, fma)
+            stage = ResidualStage(plan.lib, roles, value, chw, needs_value, fma, flat)
         except ValueError:
             return None
         if _agrees(stage, roles, plan, chw):
@@ -198,17 +200,18 @@ def residual_stage(plan, ops, i, chw):
 def _agrees(stage, roles, plan, chw) -> bool:
     """The stage against the reference ops on a probe batch of random accumulators and residuals."""
     c, h, w = chw
+    shape = (2, c) if stage.flat else (2, c, h, w)
     g = torch.Generator().manual_seed(0)
     d = roles.get("dequantize")
     if d is None:
-        acc = torch.randn(2, c, h, w, generator=g) * 3
+        acc = torch.randn(*shape, generator=g) * 3
     else:
         bound = min(int(d.spec.get("acc_bound", 1 << 20)), 1 << 24)
-        acc = torch.randint(-bound, bound + 1, (2, c, h, w), generator=g, dtype=torch.int32)
+        acc = torch.randint(-bound, bound + 1, shape, generator=g, dtype=torch.int32)
     name = stage.inputs[0]
     env = {name: acc}
     if stage.res_name is not None:
-        env[stage.res_name] = torch.randn(2, c, h, w, generator=g) * 2
+        env[stage.res_name] = torch.randn(*shape, generator=g) * 2
     want = dict(env)
     for role in ("dequantize", "batchnorm", "add", "clamp", "quantize"):
         if role in roles:
@@ -216,7 +219,8 @@ def _agrees(stage, roles, plan, chw) -> bool:
             local = {k: want[k].contiguous() for k in op.inputs}
             op.run(local)
             want.update({k: local[k] for k in op.outputs})
-    got = {name: acc if d is None else Nhwc(acc.permute(0, 2, 3, 1).contiguous())}
+    got = {name: acc if d is None else Nhwc(acc.reshape(2, 1, 1, c) if stage.flat else
+                                             acc.permute(0, 2, 3, 1).contiguous(), stage.flat)}
     if stage.res_name is not None:
         got[stage.res_name] = env[stage.res_name]
     stage.run(got)
