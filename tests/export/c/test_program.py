@@ -98,7 +98,7 @@ def test_refuses_float_ops(tmp_path, capsys, recipe, op):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="apt-get install gcc-arm-none-eabi")
-@pytest.mark.parametrize("recipe", ["bnn", "qat_uint8"])
+@pytest.mark.parametrize("recipe", ["bnn", "qat_uint8", "twn_sign"])
 def test_cortex_m4_cross_compile(tmp_path, recipe):
     """-mcpu=cortex-m4 -mthumb -Os -Werror; the model's constants land in flash (.text/.rodata), its
     arena and scratch in .bss, nothing in .data."""
