@@ -127,25 +127,63 @@ QAT_VNNI static inline __m512i bcast4(const uint8_t *p)
     return _mm512_set1_epi32(v);
 }
 
-/* the dot products of 8 rows (a[p], k4 = 4 kq bytes each) with one 16-channel weight block */
-QAT_VNNI static inline void dot8(const uint8_t *a, int64_t k4, const int8_t *w0, __m512i *d)
+/* A pixel's window as the weights read it: nseg segments of len bytes (len a multiple of 4), in
+ * place in the input for a window inside the image (one segment per kernel row), else segments of
+ * the pixel's im2col row in the scratch */
+#define QAT_SEGS 7 /* kernel rows read in place at most */
+typedef struct window {
+    const uint8_t *seg[QAT_SEGS];
+} window;
+
+/* the dot products of 8 windows with one 16-channel weight block */
+QAT_VNNI static inline void dot8(const window *win, int nseg, int64_t len, const int8_t *w0, __m512i *d)
 {
-    const uint8_t *a0 = a, *a1 = a + k4, *a2 = a + 2 * k4, *a3 = a + 3 * k4, *a4 = a + 4 * k4, *a5 = a + 5 * k4,
-                  *a6 = a + 6 * k4, *a7 = a + 7 * k4;
     __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
-    int64_t i, kq = k4 / 4;
-    for (i = 0; i < kq; i++) {
-        __m512i v0 = _mm512_loadu_si512(w0 + i * 64);
-        s0 = _mm512_dpbusd_epi32(s0, bcast4(a0 + 4 * i), v0);
-        s1 = _mm512_dpbusd_epi32(s1, bcast4(a1 + 4 * i), v0);
-        s2 = _mm512_dpbusd_epi32(s2, bcast4(a2 + 4 * i), v0);
-        s3 = _mm512_dpbusd_epi32(s3, bcast4(a3 + 4 * i), v0);
-        s4 = _mm512_dpbusd_epi32(s4, bcast4(a4 + 4 * i), v0);
-        s5 = _mm512_dpbusd_epi32(s5, bcast4(a5 + 4 * i), v0);
-        s6 = _mm512_dpbusd_epi32(s6, bcast4(a6 + 4 * i), v0);
-        s7 = _mm512_dpbusd_epi32(s7, bcast4(a7 + 4 * i), v0);
+    for (int sg = 0; sg < nseg; sg++) {
+        const uint8_t *a0 = win[0].seg[sg], *a1 = win[1].seg[sg], *a2 = win[2].seg[sg], *a3 = win[3].seg[sg];
+        const uint8_t *a4 = win[4].seg[sg], *a5 = win[5].seg[sg], *a6 = win[6].seg[sg], *a7 = win[7].seg[sg];
+        const int8_t *ws = w0 + sg * len * 16; /* len / 4 vectors of 64 bytes */
+        for (int64_t i = 0; i < len / 4; i++) {
+            __m512i v0 = _mm512_loadu_si512(ws + i * 64);
+            s0 = _mm512_dpbusd_epi32(s0, bcast4(a0 + 4 * i), v0);
+            s1 = _mm512_dpbusd_epi32(s1, bcast4(a1 + 4 * i), v0);
+            s2 = _mm512_dpbusd_epi32(s2, bcast4(a2 + 4 * i), v0);
+            s3 = _mm512_dpbusd_epi32(s3, bcast4(a3 + 4 * i), v0);
+            s4 = _mm512_dpbusd_epi32(s4, bcast4(a4 + 4 * i), v0);
+            s5 = _mm512_dpbusd_epi32(s5, bcast4(a5 + 4 * i), v0);
+            s6 = _mm512_dpbusd_epi32(s6, bcast4(a6 + 4 * i), v0);
+            s7 = _mm512_dpbusd_epi32(s7, bcast4(a7 + 4 * i), v0);
+        }
     }
     d[0] = s0, d[1] = s1, d[2] = s2, d[3] = s3, d[4] = s4, d[5] = s5, d[6] = s6, d[7] = s7;
+}
+
+/* the dot products of 4 windows with two weight blocks (w1 == w0: one block, computed twice) */
+QAT_VNNI static inline void dot4x2(const window *win, int nseg, int64_t len, const int8_t *w0, const int8_t *w1,
+                                   __m512i *d0, __m512i *d1)
+{
+    __m512i s00 = _mm512_setzero_si512(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00, s30 = s00, s31 = s00;
+    for (int sg = 0; sg < nseg; sg++) {
+        const uint8_t *a0 = win[0].seg[sg], *a1 = win[1].seg[sg], *a2 = win[2].seg[sg], *a3 = win[3].seg[sg];
+        const int8_t *ws0 = w0 + sg * len * 16, *ws1 = w1 + sg * len * 16;
+/* one pixel's broadcast dword against the two weight vectors */
+#define QAT_DP2(sa, sb, row)                                                                           \
+    do {                                                                                               \
+        __m512i a = bcast4(row + 4 * i);                                                               \
+        sa = _mm512_dpbusd_epi32(sa, a, v0);                                                           \
+        sb = _mm512_dpbusd_epi32(sb, a, v1);                                                           \
+    } while (0)
+        for (int64_t i = 0; i < len / 4; i++) {
+            __m512i v0 = _mm512_loadu_si512(ws0 + i * 64), v1 = _mm512_loadu_si512(ws1 + i * 64);
+            QAT_DP2(s00, s01, a0);
+            QAT_DP2(s10, s11, a1);
+            QAT_DP2(s20, s21, a2);
+            QAT_DP2(s30, s31, a3);
+        }
+#undef QAT_DP2
+    }
+    d0[0] = s00, d0[1] = s10, d0[2] = s20, d0[3] = s30;
+    d1[0] = s01, d1[1] = s11, d1[2] = s21, d1[3] = s31;
 }
 
 /* Su: the sum of a row's k4 bytes */
@@ -159,6 +197,45 @@ QAT_VNNI static inline int32_t row_sum(const uint8_t *row, int64_t k4)
         t = _mm512_add_epi64(t, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(~(__mmask64)0 >> (64 - (k4 - i)), row + i),
                                                 _mm512_setzero_si512()));
     return (int32_t)(uint32_t)_mm512_reduce_add_epi64(t); /* mod 2^32 */
+}
+
+/* Su of a window read in place: the sum of its segments' bytes */
+QAT_VNNI static inline int32_t seg_sum(const window *win, int nseg, int64_t len)
+{
+    __m512i t = _mm512_setzero_si512();
+    for (int sg = 0; sg < nseg; sg++) {
+        const uint8_t *a = win->seg[sg];
+        int64_t i;
+        for (i = 0; i + 64 <= len; i += 64)
+            t = _mm512_add_epi64(t, _mm512_sad_epu8(_mm512_loadu_si512(a + i), _mm512_setzero_si512()));
+        if (i < len) /* a masked load reads no byte outside the mask */
+            t = _mm512_add_epi64(t, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(~(__mmask64)0 >> (64 - (len - i)), a + i),
+                                                    _mm512_setzero_si512()));
+    }
+    return (int32_t)(uint32_t)_mm512_reduce_add_epi64(t); /* mod 2^32 */
+}
+
+/* The window of output pixel (img, oy, ox) and its Su. In place (direct: uint8 codes, dw = 1,
+ * kernel rows of whole dwords, at most QAT_SEGS of them) when the window is inside the image, else
+ * the im2col row built in row, as kh segments (direct) or one of k4 bytes. */
+QAT_VNNI static inline int32_t window_at(const qat_conv_geom *g, const void *x, int32_t x_type, uint8_t zu,
+                                         int32_t img, int32_t oy, int32_t ox, int64_t k4, int direct, uint8_t *row,
+                                         window *win)
+{
+    int32_t iy0 = oy * g->sh - g->ph, ix0 = ox * g->sw - g->pw, ky;
+    int64_t run = (int64_t)g->kw * g->c_in;
+    if (direct && iy0 >= 0 && iy0 + (g->kh - 1) * g->dh < g->h && ix0 >= 0 && ix0 + g->kw <= g->w) {
+        for (ky = 0; ky < g->kh; ky++)
+            win->seg[ky] = (const uint8_t *)x + (((int64_t)img * g->h + iy0 + ky * g->dh) * g->w + ix0) * g->c_in;
+        return seg_sum(win, g->kh, run);
+    }
+    u8_row(g, x, x_type, zu, img, oy, ox, k4, row);
+    if (direct)
+        for (ky = 0; ky < g->kh; ky++)
+            win->seg[ky] = row + ky * run;
+    else
+        win->seg[0] = row;
+    return row_sum(row, k4);
 }
 
 /* output stage of one pixel and one block: dot + A Su + zu B, stored or requantized */
@@ -185,9 +262,10 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
                                    const int8_t *w, uint8_t *scratch, int32_t *acc, const qat_requant *rq,
                                    void *out, int32_t row0, int32_t row1)
 {
-    int64_t k4, kq, nblk, wblk;
+    int64_t k4, nblk, wblk, len;
     const int32_t *consta, *constb;
     int32_t r, zu, pix;
+    int direct, nseg;
     block16 first; /* the constants of the only block, when there is one */
     int rc = qat_int_args_check(g, x, x_type, zx, (const int16_t *)w, (const int16_t *)scratch, acc, rq, out,
                                 row0, row1);
@@ -197,7 +275,9 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
     if (zu < 0 || zu > 255)
         return QAT_ERANGE;
     k4 = qat_int8_k4(g);
-    kq = k4 / 4;
+    direct = x_type == QAT_U8 && g->dw == 1 && ((int64_t)g->kw * g->c_in) % 4 == 0 && g->kh <= QAT_SEGS;
+    nseg = direct ? g->kh : 1;
+    len = direct ? (int64_t)g->kw * g->c_in : k4;
     nblk = (g->c_out + QAT_OC_BLOCK - 1) / QAT_OC_BLOCK;
     wblk = k4 * QAT_OC_BLOCK; /* bytes of one 16-channel block */
     consta = (const int32_t *)(const void *)(w + nblk * wblk);
@@ -208,64 +288,31 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
         int32_t img = r / g->ho, oy = r % g->ho, ox;
         for (ox = 0; ox < g->wo; ox += pix) {
             int32_t np = g->wo - ox < pix ? g->wo - ox : pix, p, su[PIX1];
-            const uint8_t *a0 = scratch, *a1 = scratch + k4, *a2 = scratch + 2 * k4, *a3 = scratch + 3 * k4;
-            for (p = 0; p < np; p++) {
-                u8_row(g, x, x_type, (uint8_t)zu, img, oy, ox + p, k4, scratch + p * k4);
-                su[p] = row_sum(scratch + p * k4, k4);
-            }
-            for (p = np; p < pix; p++) /* a partial block computes on copies of its first row */
-                memcpy(scratch + p * k4, scratch, (size_t)k4);
+            window win[PIX1] = {{{NULL}}};
+            for (p = 0; p < np; p++)
+                su[p] = window_at(g, x, x_type, (uint8_t)zu, img, oy, ox + p, k4, direct, scratch + p * k4, &win[p]);
+            for (p = np; p < pix; p++) /* a partial block computes on copies of its first window */
+                win[p] = win[0];
             if (nblk == 1) {
                 __m512i d[PIX1];
-                dot8(scratch, k4, w, d);
+                dot8(win, nseg, len, w, d);
                 for (p = 0; p < np; p++)
                     emit16(g, (int64_t)r * g->wo + ox + p, d[p], su[p], &first, acc, rq, out);
                 continue;
             }
             for (int64_t b = 0; b < nblk; b += 2) {
                 const int8_t *w0 = w + b * wblk, *w1 = w0 + (b + 1 < nblk ? wblk : 0);
-                __m512i s00 = _mm512_setzero_si512(), s01 = s00, s10 = s00, s11 = s00;
-                __m512i s20 = s00, s21 = s00, s30 = s00, s31 = s00;
+                __m512i d0[PIX], d1[PIX];
                 block16 k0, k1;
-                int64_t i;
-                if (b + 1 < nblk) {
-/* one pixel's broadcast dword against the block's two weight vectors */
-#define QAT_DP2(sa, sb, row)                                                                           \
-    do {                                                                                               \
-        __m512i a = bcast4(row + 4 * i);                                                               \
-        sa = _mm512_dpbusd_epi32(sa, a, v0);                                                           \
-        sb = _mm512_dpbusd_epi32(sb, a, v1);                                                           \
-    } while (0)
-                    for (i = 0; i < kq; i++) {
-                        __m512i v0 = _mm512_loadu_si512(w0 + i * 64), v1 = _mm512_loadu_si512(w1 + i * 64);
-                        QAT_DP2(s00, s01, a0);
-                        QAT_DP2(s10, s11, a1);
-                        QAT_DP2(s20, s21, a2);
-                        QAT_DP2(s30, s31, a3);
-                    }
-#undef QAT_DP2
-                } else {
-                    for (i = 0; i < kq; i++) {
-                        __m512i v0 = _mm512_loadu_si512(w0 + i * 64);
-                        s00 = _mm512_dpbusd_epi32(s00, bcast4(a0 + 4 * i), v0);
-                        s10 = _mm512_dpbusd_epi32(s10, bcast4(a1 + 4 * i), v0);
-                        s20 = _mm512_dpbusd_epi32(s20, bcast4(a2 + 4 * i), v0);
-                        s30 = _mm512_dpbusd_epi32(s30, bcast4(a3 + 4 * i), v0);
-                    }
-                }
+                dot4x2(win, nseg, len, w0, w1, d0, d1);
                 block16_load(g, consta, constb, zu, rq, (int32_t)b * QAT_OC_BLOCK, &k0);
                 if (b + 1 < nblk)
                     block16_load(g, consta, constb, zu, rq, (int32_t)(b + 1) * QAT_OC_BLOCK, &k1);
-                else
-                    k1 = k0; /* unused */
-                {
-                    __m512i d0[PIX] = {s00, s10, s20, s30}, d1[PIX] = {s01, s11, s21, s31};
-                    for (p = 0; p < np; p++) {
-                        int64_t pixel = (int64_t)r * g->wo + ox + p;
-                        emit16(g, pixel, d0[p], su[p], &k0, acc, rq, out);
-                        if (b + 1 < nblk)
-                            emit16(g, pixel, d1[p], su[p], &k1, acc, rq, out);
-                    }
+                for (p = 0; p < np; p++) {
+                    int64_t pixel = (int64_t)r * g->wo + ox + p;
+                    emit16(g, pixel, d0[p], su[p], &k0, acc, rq, out);
+                    if (b + 1 < nblk)
+                        emit16(g, pixel, d1[p], su[p], &k1, acc, rq, out);
                 }
             }
         }
