@@ -308,6 +308,8 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
                 block16_load(g, consta, constb, zu, rq, (int32_t)b * QAT_OC_BLOCK, &k0);
                 if (b + 1 < nblk)
                     block16_load(g, consta, constb, zu, rq, (int32_t)(b + 1) * QAT_OC_BLOCK, &k1);
+                else
+                    k1 = k0; /* unused */
                 for (p = 0; p < np; p++) {
                     int64_t pixel = (int64_t)r * g->wo + ox + p;
                     emit16(g, pixel, d0[p], su[p], &k0, acc, rq, out);
