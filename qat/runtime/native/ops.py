@@ -15,6 +15,7 @@ NHWC layout never needs to be undone before a classifier.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import torch
@@ -30,15 +31,40 @@ class NotNative(Exception):
     """This op, as exported, has no native kernel: the reference op runs it."""
 
 
-def parallel_rows(fn, rows: int) -> None:
+# A kernel call is split over threads only when it takes longer than this on one thread: handing
+# rows to the pool's threads costs tens of microseconds from Python, more than a small layer (a
+# ResNet-20 layer at batch 1: about 40 us) would gain.
+SPLIT_SECONDS = 3e-4
+
+
+def parallel_rows(fn, rows: int, alone: dict | None = None) -> None:
     """``fn(row0, row1)`` over ``[0, rows)`` split into ``torch.get_num_threads()`` ranges (ctypes
-    releases the GIL during each kernel call)."""
+    releases the GIL during each kernel call); the calling thread computes the first range.
+
+    ``alone``: the caller's record of how long a call over ``rows`` took on one thread. The first
+    call of each size runs on one thread and is timed; later calls split only where that took
+    longer than ``SPLIT_SECONDS``. Without it, or with ``SPLIT_SECONDS <= 0``, every call with more
+    than one thread splits."""
     threads = max(1, min(torch.get_num_threads(), rows))
+    if threads > 1 and alone is not None and SPLIT_SECONDS > 0:
+        took = alone.get(rows)
+        if took is None:
+            t = time.perf_counter()
+            fn(0, rows)
+            alone[rows] = time.perf_counter() - t
+            return
+        if took < SPLIT_SECONDS:
+            threads = 1
     if threads == 1:
         fn(0, rows)
         return
     bounds = [rows * i // threads for i in range(threads + 1)]
-    list(kernels._pool(threads).map(lambda i: fn(bounds[i], bounds[i + 1]), range(threads)))
+    rest = [kernels._pool(threads - 1).submit(fn, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for f in rest:
+            f.result()  # (re-raises a worker's error)
 
 
 def pool_out_size(size, k, s, p, d, ceil_mode) -> int:
@@ -78,6 +104,7 @@ class _Layer(NativeOp):
         self.codes = np.ascontiguousarray(codes)
         self.k, self.s, self.p, self.d = k, s, p, d
         self._geoms = {}
+        self.alone = {}  # seconds of one call on one thread, by rows (parallel_rows)
         self.ho = kernels.conv_out_size(h, k[0], s[0], p[0], d[0])
         self.wo = kernels.conv_out_size(w, k[1], s[1], p[1], d[1])
 
@@ -127,7 +154,8 @@ class BinaryLayer(_Layer):
             out = torch.empty(n, self.ho, self.wo, sign_words(self.c_out), dtype=torch.int64)
             acc, bits = None, L.ptr(out)
         xw, fn = L.ptr(x.words), self.fn
-        parallel_rows(lambda r0, r1: L.check(fn(g, xw, ww, acc, thr, dr, bits, r0, r1), self.name), n * self.ho)
+        parallel_rows(lambda r0, r1: L.check(fn(g, xw, ww, acc, thr, dr, bits, r0, r1), self.name), n * self.ho,
+                      self.alone)
         if self.thr is None:
             env[self.outputs[0]] = Nhwc(out, self.flat)
         elif self.pool is None:
@@ -217,7 +245,7 @@ class IntLayer(_Layer):
         def rows(r0, r1):
             L.check(fn(g, xp, x_type, zx, wp, self._scratch(), acc, rq, codes, r0, r1), self.name)
 
-        parallel_rows(rows, n * self.ho)
+        parallel_rows(rows, n * self.ho, self.alone)
         env[self.outputs[0]] = Nhwc(out, self.flat)
 
     def _scratch(self) -> int:
@@ -249,6 +277,7 @@ class MaxPoolBits:
         mask = np.zeros(sign_words(chw[0]) * 64, dtype=np.uint8)
         mask[: len(up)] = up
         self.mask = torch.from_numpy(np.packbits(mask, bitorder="little").view("<i8").copy())
+        self.alone = {}
 
     def apply(self, x: Packed) -> Packed:
         n = x.words.shape[0]
@@ -257,7 +286,7 @@ class MaxPoolBits:
         out = torch.empty(n, ho, wo, x.words.shape[3], dtype=torch.int64)
         xp, mp, op = L.ptr(x.words), L.ptr(self.mask), L.ptr(out)
         parallel_rows(lambda r0, r1: L.check(self.lib.qat_maxpool_bits(g, xp, mp, op, r0, r1), "maxpool bits"),
-                      n * ho)
+                      n * ho, self.alone)
         return Packed(out, x.c)
 
 
@@ -265,6 +294,7 @@ class MaxPoolI32(NativeOp):
     def __init__(self, lib, spec, chw):
         super().__init__(spec["inputs"], spec["outputs"], spec.get("name"))
         self.lib, self.chw, self.g = lib, chw, _pool_geom(spec, chw)
+        self.alone = {}
 
     def run(self, env):
         x = as_nhwc(env[self.inputs[0]], self.chw)
@@ -275,7 +305,8 @@ class MaxPoolI32(NativeOp):
         ho, wo = self.g[-2:]
         out = torch.empty(n, ho, wo, self.chw[0], dtype=torch.int32)
         xp, op = L.ptr(x), L.ptr(out)
-        parallel_rows(lambda r0, r1: L.check(self.lib.qat_maxpool_i32(g, xp, op, r0, r1), self.name), n * ho)
+        parallel_rows(lambda r0, r1: L.check(self.lib.qat_maxpool_i32(g, xp, op, r0, r1), self.name), n * ho,
+                      self.alone)
         env[self.outputs[0]] = Nhwc(out)
 
 

@@ -136,6 +136,7 @@ class ResidualStage(NativeOp):
             p.inv_scale, p.zero_point = float(1.0 / s), float(q.quant["zero_point"])
             p.qlo, p.qhi, p.code_type = float(lo), float(hi), (L.U8 if self.code_dtype == torch.uint8 else L.I8)
         self.p, self.keep, self.q = p, keep, q
+        self.alone = {}  # seconds of one call on one thread, by rows (parallel_rows)
 
     def _nhwc_float(self, v) -> torch.Tensor:
         """A float value (NCHW, a channels_last view of a stage's output, or [n, c]) as NHWC."""
@@ -168,7 +169,7 @@ class ResidualStage(NativeOp):
                 op + 4 * off * c, None if bp is None else bp + 8 * off * cw, None if cp is None else cp + off * c),
                 self.name)
 
-        parallel_rows(part, n * h)
+        parallel_rows(part, n * h, self.alone)
         if self.needs_value:  # the reference's NCHW value, channels_last
             env[self.value] = out.reshape(n, c) if self.flat else out.permute(0, 3, 1, 2)
         if bits is not None:

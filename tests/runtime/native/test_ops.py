@@ -19,6 +19,7 @@ from tests.runtime.native.isas import ALL_ISAS
 
 pytestmark = pytest.mark.skipif(L.load_library() is None, reason="native kernel library not built")
 ISAS = L.available_isas() or ("scalar",)
+SPLIT = N.SPLIT_SECONDS
 
 
 @st.composite
@@ -84,6 +85,7 @@ def test_popcount_conv_accumulators_threshold_and_pooled_bits(kind, isa, case):
     spec = _spec("conv2d", o, c, k, s, p, d, wspec)
     lib = L.load_library()
     torch.set_num_threads(threads)
+    N.SPLIT_SECONDS = 0.0  # with 2 threads, every call splits its rows
     try:
         env = {"x": x}
         layer(lib, isa, spec, tensors, (c, h, w), ["y"]).run(env)
@@ -111,6 +113,7 @@ def test_popcount_conv_accumulators_threshold_and_pooled_bits(kind, isa, case):
             assert torch.equal(env["m"].reference(), pooled.to(torch.int32))
     finally:
         torch.set_num_threads(1)
+        N.SPLIT_SECONDS = SPLIT
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -155,6 +158,7 @@ def test_int_conv_accumulators_and_requantized_codes(isa, case, xr, wr, out_sign
     xin = x.to(torch.uint8 if xlo >= 0 else torch.int8)
     lib = L.load_library()
     torch.set_num_threads(threads)
+    N.SPLIT_SECONDS = 0.0  # with 2 threads, every call splits its rows
     try:
         env = {"x": xin}
         layer = N.IntLayer(lib, isa, spec, tensors, (c, h, w), ["y"])
@@ -182,6 +186,7 @@ def test_int_conv_accumulators_and_requantized_codes(isa, case, xr, wr, out_sign
         assert torch.equal(env["q"].reference(), want)
     finally:
         torch.set_num_threads(1)
+        N.SPLIT_SECONDS = SPLIT
 
 
 def test_binary_layer_wider_than_the_kernel_row_is_left_to_the_reference():
@@ -190,3 +195,36 @@ def test_binary_layer_wider_than_the_kernel_row_is_left_to_the_reference():
     tensors, wspec = _binary_weight(wt)
     with pytest.raises(N.NotNative, match="longer than"):
         N.BinaryLayer(L.load_library(), ISAS[-1], _spec("conv2d", 2, c, 3, 1, 1, 1, wspec), tensors, (c, 4, 4), ["y"])
+
+
+def test_parallel_rows_splits_only_calls_that_are_slow_alone():
+    from qat.runtime.native.ops import SPLIT_SECONDS, parallel_rows
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        calls = []
+        fn = lambda a, b: calls.append((a, b))  # noqa: E731
+        alone = {}
+        parallel_rows(fn, 10, alone)  # first call of this size: one thread, timed
+        assert calls == [(0, 10)] and 0 <= alone[10] < 1
+        calls.clear()
+        alone[10] = SPLIT_SECONDS / 2
+        parallel_rows(fn, 10, alone)
+        assert calls == [(0, 10)]
+        calls.clear()
+        alone[10] = SPLIT_SECONDS * 2
+        parallel_rows(fn, 10, alone)
+        assert sorted(calls) == [(0, 5), (5, 10)]
+        calls.clear()
+        parallel_rows(fn, 1, {1: 1.0})  # one row: nothing to split
+        assert calls == [(0, 1)]
+
+        def fail(a, b):
+            if a:
+                raise RuntimeError("worker failed")
+
+        with pytest.raises(RuntimeError, match="worker failed"):
+            parallel_rows(fail, 10, {10: 1.0})
+    finally:
+        torch.set_num_threads(before)

@@ -117,3 +117,22 @@ def test_large_batches_run_in_chunks(monkeypatch, exports, recipe):
     for backend in (None, "reference"):
         with pytest.raises(ValueError, match="empty"):
             load(folder, backend=backend)(x[:0])
+
+
+@pytest.mark.parametrize("recipe", ["bnn", "qat_uint8"])
+def test_rows_split_over_two_threads_give_the_same_output(monkeypatch, exports, recipe):
+    from qat.runtime.native import ops
+
+    folder = exports["resnet20", recipe]
+    x = inputs(5)
+    want = load(folder, backend="reference")(x)
+    prog = load(folder)
+    monkeypatch.setattr(ops, "SPLIT_SECONDS", 1e-9)  # every call splits, once timed alone
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in range(2):  # the first call times each step alone, the second splits its rows
+            assert torch.equal(prog(x), want)
+        assert all(t > 1e-9 for s in prog.native.plans[True] for t in getattr(s, "alone", {}).values())
+    finally:
+        torch.set_num_threads(before)
