@@ -100,14 +100,18 @@ def test_backend_choice(monkeypatch, exports):
         choose_backend("gpu")
 
 
+def _native_and_reference(exports, recipe):
+    """(export folder, a batch of 5, the reference runtime's output on it, the native program)"""
+    folder = exports["resnet20", recipe]
+    x = inputs(5)
+    return folder, x, load(folder, backend="reference")(x), load(folder)
+
+
 @pytest.mark.parametrize("recipe", ["bnn", "qat_uint8"])
 def test_large_batches_run_in_chunks(monkeypatch, exports, recipe):
     from qat.runtime.native import plan
 
-    folder = exports["resnet20", recipe]
-    x = inputs(5)
-    want = load(folder, backend="reference")(x)
-    prog = load(folder)
+    folder, x, want, prog = _native_and_reference(exports, recipe)
     calls = []
     run_fused = prog.native._run_fused
     monkeypatch.setattr(prog.native, "_run_fused", lambda part: calls.append(len(part)) or run_fused(part))
@@ -123,10 +127,7 @@ def test_large_batches_run_in_chunks(monkeypatch, exports, recipe):
 def test_rows_split_over_two_threads_give_the_same_output(monkeypatch, exports, recipe):
     from qat.runtime.native import ops
 
-    folder = exports["resnet20", recipe]
-    x = inputs(5)
-    want = load(folder, backend="reference")(x)
-    prog = load(folder)
+    _, x, want, prog = _native_and_reference(exports, recipe)
     monkeypatch.setattr(ops, "SPLIT_SECONDS", 1e-9)  # every call splits, once timed alone
     before = torch.get_num_threads()
     torch.set_num_threads(2)
