@@ -34,7 +34,7 @@ class NotNative(Exception):
 # A kernel call is split over threads only when it takes longer than this on one thread: handing
 # rows to the pool's threads costs tens of microseconds from Python, more than a small layer (a
 # ResNet-20 layer at batch 1: about 40 us) would gain.
-SPLIT_SECONDS = 3e-4
+SPLIT_SECONDS = 2e-4
 
 
 def parallel_rows(fn, rows: int, alone: dict | None = None) -> None:
