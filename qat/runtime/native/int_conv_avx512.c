@@ -19,7 +19,7 @@
 
 #define QAT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define PIX 4
-#define PIX1 8 /* pixels of a block when the layer has one 16-channel block (QAT_INT8_ROWS) */
+#define PIX1 8 /* pixels of a block when the layer has one 16-channel block (scratch: qat_int8_conv_scratch_bytes) */
 
 /* n bytes from src (xor flip: int8 codes to their unsigned byte) and n bytes of value v, with
  * 64-byte (masked) vector moves instead of library calls for these short runs */
@@ -158,7 +158,25 @@ QAT_VNNI static inline void dot8(const window *win, int nseg, int64_t len, const
     d[0] = s0, d[1] = s1, d[2] = s2, d[3] = s3, d[4] = s4, d[5] = s5, d[6] = s6, d[7] = s7;
 }
 
-/* the dot products of 4 windows with two weight blocks (w1 == w0: one block, computed twice) */
+/* the dot products of 4 windows with one weight block (the odd last block of a wider layer) */
+QAT_VNNI static inline void dot4(const window *win, int nseg, int64_t len, const int8_t *w0, __m512i *d)
+{
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    for (int sg = 0; sg < nseg; sg++) {
+        const uint8_t *a0 = win[0].seg[sg], *a1 = win[1].seg[sg], *a2 = win[2].seg[sg], *a3 = win[3].seg[sg];
+        const int8_t *ws = w0 + sg * len * 16;
+        for (int64_t i = 0; i < len / 4; i++) {
+            __m512i v0 = _mm512_loadu_si512(ws + i * 64);
+            s0 = _mm512_dpbusd_epi32(s0, bcast4(a0 + 4 * i), v0);
+            s1 = _mm512_dpbusd_epi32(s1, bcast4(a1 + 4 * i), v0);
+            s2 = _mm512_dpbusd_epi32(s2, bcast4(a2 + 4 * i), v0);
+            s3 = _mm512_dpbusd_epi32(s3, bcast4(a3 + 4 * i), v0);
+        }
+    }
+    d[0] = s0, d[1] = s1, d[2] = s2, d[3] = s3;
+}
+
+/* the dot products of 4 windows with two weight blocks */
 QAT_VNNI static inline void dot4x2(const window *win, int nseg, int64_t len, const int8_t *w0, const int8_t *w1,
                                    __m512i *d0, __m512i *d1)
 {
@@ -266,7 +284,7 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
     const int32_t *consta, *constb;
     int32_t r, zu, pix;
     int direct, nseg;
-    block16 first; /* the constants of the only block, when there is one */
+    block16 first; /* the constants of block 0: those of every pixel when it is the only block */
     int rc = qat_int_args_check(g, x, x_type, zx, (const int16_t *)w, (const int16_t *)scratch, acc, rq, out,
                                 row0, row1);
     if (rc != QAT_OK)
@@ -283,11 +301,12 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
     consta = (const int32_t *)(const void *)(w + nblk * wblk);
     constb = consta + nblk * QAT_OC_BLOCK;
     pix = nblk == 1 ? PIX1 : PIX;
-    block16_load(g, consta, constb, zu, rq, 0, &first);
+    block16_load(g, consta, constb, zu, rq, 0, &first); /* (used when nblk = 1) */
     for (r = row0; r < row1; r++) {
         int32_t img = r / g->ho, oy = r % g->ho, ox;
         for (ox = 0; ox < g->wo; ox += pix) {
             int32_t np = g->wo - ox < pix ? g->wo - ox : pix, p, su[PIX1];
+            int64_t b;
             window win[PIX1] = {{{NULL}}};
             for (p = 0; p < np; p++)
                 su[p] = window_at(g, x, x_type, (uint8_t)zu, img, oy, ox + p, k4, direct, scratch + p * k4, &win[p]);
@@ -300,22 +319,25 @@ QAT_VNNI int qat_int_conv2d_avx512(const qat_conv_geom *g, const void *x, int32_
                     emit16(g, (int64_t)r * g->wo + ox + p, d[p], su[p], &first, acc, rq, out);
                 continue;
             }
-            for (int64_t b = 0; b < nblk; b += 2) {
-                const int8_t *w0 = w + b * wblk, *w1 = w0 + (b + 1 < nblk ? wblk : 0);
+            for (b = 0; b + 1 < nblk; b += 2) { /* pairs of blocks: 8 accumulators */
                 __m512i d0[PIX], d1[PIX];
                 block16 k0, k1;
-                dot4x2(win, nseg, len, w0, w1, d0, d1);
+                dot4x2(win, nseg, len, w + b * wblk, w + (b + 1) * wblk, d0, d1);
                 block16_load(g, consta, constb, zu, rq, (int32_t)b * QAT_OC_BLOCK, &k0);
-                if (b + 1 < nblk)
-                    block16_load(g, consta, constb, zu, rq, (int32_t)(b + 1) * QAT_OC_BLOCK, &k1);
-                else
-                    k1 = k0; /* unused */
+                block16_load(g, consta, constb, zu, rq, (int32_t)(b + 1) * QAT_OC_BLOCK, &k1);
                 for (p = 0; p < np; p++) {
                     int64_t pixel = (int64_t)r * g->wo + ox + p;
                     emit16(g, pixel, d0[p], su[p], &k0, acc, rq, out);
-                    if (b + 1 < nblk)
-                        emit16(g, pixel, d1[p], su[p], &k1, acc, rq, out);
+                    emit16(g, pixel, d1[p], su[p], &k1, acc, rq, out);
                 }
+            }
+            if (b < nblk) { /* an odd last block */
+                __m512i d[PIX];
+                block16 k;
+                dot4(win, nseg, len, w + b * wblk, d);
+                block16_load(g, consta, constb, zu, rq, (int32_t)b * QAT_OC_BLOCK, &k);
+                for (p = 0; p < np; p++)
+                    emit16(g, (int64_t)r * g->wo + ox + p, d[p], su[p], &k, acc, rq, out);
             }
         }
     }
