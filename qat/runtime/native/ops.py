@@ -79,6 +79,7 @@ def pool_out_size(size, k, s, p, d, ceil_mode) -> int:
 class NativeOp:
     def __init__(self, inputs, outputs, name):
         self.inputs, self.outputs, self.name = list(inputs), list(outputs), name
+        self.alone = {}  # seconds of one call on one thread, by rows (parallel_rows)
 
 
 class _Layer(NativeOp):
@@ -104,7 +105,6 @@ class _Layer(NativeOp):
         self.codes = np.ascontiguousarray(codes)
         self.k, self.s, self.p, self.d = k, s, p, d
         self._geoms = {}
-        self.alone = {}  # seconds of one call on one thread, by rows (parallel_rows)
         self.ho = kernels.conv_out_size(h, k[0], s[0], p[0], d[0])
         self.wo = kernels.conv_out_size(w, k[1], s[1], p[1], d[1])
 
@@ -277,7 +277,7 @@ class MaxPoolBits:
         mask = np.zeros(sign_words(chw[0]) * 64, dtype=np.uint8)
         mask[: len(up)] = up
         self.mask = torch.from_numpy(np.packbits(mask, bitorder="little").view("<i8").copy())
-        self.alone = {}
+        self.alone = {}  # (not a NativeOp: the pooling stage of a BinaryLayer)
 
     def apply(self, x: Packed) -> Packed:
         n = x.words.shape[0]
@@ -294,7 +294,6 @@ class MaxPoolI32(NativeOp):
     def __init__(self, lib, spec, chw):
         super().__init__(spec["inputs"], spec["outputs"], spec.get("name"))
         self.lib, self.chw, self.g = lib, chw, _pool_geom(spec, chw)
-        self.alone = {}
 
     def run(self, env):
         x = as_nhwc(env[self.inputs[0]], self.chw)

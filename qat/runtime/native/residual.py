@@ -136,7 +136,6 @@ class ResidualStage(NativeOp):
             p.inv_scale, p.zero_point = float(1.0 / s), float(q.quant["zero_point"])
             p.qlo, p.qhi, p.code_type = float(lo), float(hi), (L.U8 if self.code_dtype == torch.uint8 else L.I8)
         self.p, self.keep, self.q = p, keep, q
-        self.alone = {}  # seconds of one call on one thread, by rows (parallel_rows)
 
     def _nhwc_float(self, v) -> torch.Tensor:
         """A float value (NCHW, a channels_last view of a stage's output, or [n, c]) as NHWC."""
