@@ -25,8 +25,8 @@ POPCOUNT_LAYERS = {"xnor_popcount": N.BinaryLayer, "ternary_popcount": N.Ternary
 
 # A large batch runs in chunks of this many images: a ResNet-20 block's activations for 16 images
 # (about 1 MiB) stay in the core's cache between the ops of a block, where those of 64 images go
-# to memory and back at every op (1.15x faster at batch 64, BENCHMARKS.md). Every op computes each
-# image alone, so the result does not depend on the chunking.
+# to memory and back at every op. Every op computes each image alone, so the result does not depend
+# on the chunking.
 CHUNK = 16
 
 # ops whose every output element is computed alone from the same elements of the inputs: their
