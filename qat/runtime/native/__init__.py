@@ -2,8 +2,8 @@
 ``qat_kernels.h``) built by ``pip install``, loaded with ctypes, and the plan that runs a program's
 integer ops on it (``plan.NativeProgram``), bit-identical to the reference runtime.
 
-Backends: ``native-avx2`` (the x86-64 SIMD kernels: AVX-512 where the CPU has VPOPCNTDQ and VNNI,
-else AVX2), ``native-scalar`` and ``reference``. ``QAT_RUNTIME=reference`` forces the Python reference
+Backends: ``native-avx2`` (the x86-64 SIMD kernels: AVX-512 where the CPU has VPOPCNTDQ, VNNI and
+VBMI, else AVX2), ``native-scalar`` and ``reference``. ``QAT_RUNTIME=reference`` forces the Python reference
 (the oracle); ``QAT_NATIVE_ISA`` = ``avx512`` | ``avx2`` | ``scalar`` forces one path of the library.
 ``Program.isa`` names the path that runs (``library.ISA_NAMES``).
 """

@@ -2,7 +2,7 @@
 loaded with ctypes, and the choice of its instruction set.
 
 ``QAT_NATIVE_ISA`` = ``avx512`` | ``avx2`` | ``scalar`` forces one path of the library (default: the
-best the CPU runs: AVX-512 with VPOPCNTDQ and VNNI, else AVX2, else scalar). ctypes releases the GIL
+best the CPU runs: AVX-512 with VPOPCNTDQ, VNNI and VBMI, else AVX2, else scalar). ctypes releases the GIL
 during each call, so threads run kernels in parallel.
 """
 

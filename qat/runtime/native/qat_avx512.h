@@ -6,7 +6,7 @@
 
 #include "qat_internal.h"
 
-#define QAT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")))
+#define QAT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512vbmi,popcnt")))
 
 /* Output stage of one pixel and one block of 16 channels from oc0: v = base - 2 count, the counts in
  * u64 lanes (lo: channels 0..7, hi: 8..15) as 16 int32, stored, or compared with the thresholds into

@@ -108,7 +108,7 @@ typedef struct qat_pool_geom {
 /* ------------------------------------------------------------------ CPU features, sizes */
 int qat_api_version(void);
 int qat_cpu_has_avx2(void); /* 1 when the AVX2 functions may run on this CPU */
-/* 1 when the AVX-512 functions may run: F, BW, VL, DQ, VPOPCNTDQ and VNNI (Ice Lake, Zen 4 and later) */
+/* 1 when the AVX-512 functions may run: F, BW, VL, DQ, VPOPCNTDQ, VNNI, VBMI (Ice Lake, Zen 4 and later) */
 int qat_cpu_has_avx512(void);
 int qat_conv_geom_check(const qat_conv_geom *g); /* QAT_OK when g is consistent */
 int qat_pool_geom_check(const qat_pool_geom *g);

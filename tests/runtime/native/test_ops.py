@@ -24,7 +24,7 @@ SPLIT = N.SPLIT_SECONDS
 
 @st.composite
 def conv_case(draw):
-    c = draw(st.sampled_from([1, 3, 17, 63, 64, 65, 100, 128, 130]))
+    c = draw(st.sampled_from([1, 3, 16, 17, 32, 63, 64, 65, 100, 128, 130]))
     o = draw(st.sampled_from([1, 5, 16, 17, 33, 48, 64]))
     k = draw(st.sampled_from([1, 2, 3, 5]))
     s = draw(st.integers(1, 2))
