@@ -66,7 +66,7 @@ int qat_binary_dense(const qat_conv_geom *g)
 {
     if (qat_conv_geom_check(g) != QAT_OK)
         return 0;
-    return g->c_in % 64 != 0 && dense_words(g) <= QAT_DENSE_WORDS;
+    return qat_dense_layout(g);
 }
 
 int64_t qat_binary_row_words(const qat_conv_geom *g)

@@ -12,6 +12,12 @@ static inline int64_t qat_int8_k4(const qat_conv_geom *g)
     return ((int64_t)g->kh * g->kw * g->c_in + 3) / 4 * 4;
 }
 
+/* qat_binary_dense of a geometry already checked (no check: the row builders call it per pixel) */
+static inline int qat_dense_layout(const qat_conv_geom *g)
+{
+    return g->c_in % 64 != 0 && ((int64_t)g->kh * g->kw * g->c_in + 63) / 64 <= QAT_DENSE_WORDS;
+}
+
 static inline int64_t qat_floor_shift(int64_t v, int n)
 {
     /* floor(v / 2^n) without relying on >> of a negative number (implementation-defined in C99) */
@@ -97,7 +103,7 @@ static inline int32_t qat_window_row(const qat_conv_geom *g, const uint64_t *x, 
                                      int32_t ox, uint64_t *row, uint64_t *mask, int *full)
 {
     int32_t ky, kx, c = g->c_in, npos = 0, iy0 = oy * g->sh - g->ph, ix0 = ox * g->sw - g->pw;
-    int64_t cw = qat_sign_words(c), step = qat_binary_dense(g) ? c : 64 * cw, off = 0, j;
+    int64_t cw = qat_sign_words(c), step = qat_dense_layout(g) ? c : 64 * cw, off = 0, j;
     int64_t rw = ((int64_t)g->kh * g->kw * step + 63) / 64;
     for (j = 0; j < rw; j++)
         row[j] = mask[j] = 0;
