@@ -36,6 +36,19 @@ class NotNative(Exception):
 # ResNet-20 layer at batch 1: about 40 us) would gain.
 SPLIT_SECONDS = 2e-4
 
+_LOCAL = threading.local()
+
+
+class serial:
+    """On the thread that enters it, kernel calls run whole on that thread: its caller already runs
+    separate images on the other threads (``plan.NativeProgram.run``)."""
+
+    def __enter__(self):
+        self.before, _LOCAL.serial = getattr(_LOCAL, "serial", False), True
+
+    def __exit__(self, *exc):
+        _LOCAL.serial = self.before
+
 
 def parallel_rows(fn, rows: int, alone: dict | None = None) -> None:
     """``fn(row0, row1)`` over ``[0, rows)`` split into ``torch.get_num_threads()`` ranges (ctypes
@@ -45,6 +58,9 @@ def parallel_rows(fn, rows: int, alone: dict | None = None) -> None:
     call of each size runs on one thread and is timed; later calls split only where that took
     longer than ``SPLIT_SECONDS``. Without it, or with ``SPLIT_SECONDS <= 0``, every call with more
     than one thread splits."""
+    if getattr(_LOCAL, "serial", False):
+        fn(0, rows)
+        return
     threads = max(1, min(torch.get_num_threads(), rows))
     if threads > 1 and alone is not None and SPLIT_SECONDS > 0:
         took = alone.get(rows)

@@ -14,6 +14,7 @@ from collections import Counter
 
 import torch
 
+from qat.runtime import kernels
 from qat.runtime.native import ops as N
 from qat.runtime.shape_ops import OPS as SHAPE_OPS
 from qat.runtime.native.residual import residual_stage
@@ -173,7 +174,24 @@ class NativeProgram:
                 s.run(env)
             return {k: reference(v).contiguous() for k, v in env.items()}
         out = self.program.output_name
-        parts = [self._run_fused(x[i:i + CHUNK]) for i in range(0, x.shape[0], CHUNK)]
+        chunks = [x[i:i + CHUNK] for i in range(0, x.shape[0], CHUNK)]
+        threads = min(torch.get_num_threads(), len(chunks))
+        if threads == 1:  # (one chunk on several threads: each kernel call splits its rows instead)
+            parts = [self._run_fused(c) for c in chunks]
+        else:  # chunks on separate threads: every step runs in parallel, not just the kernel calls
+            parts = [None] * len(chunks)
+
+            def work(first):
+                with N.serial():
+                    for j in range(first, len(chunks), threads):
+                        parts[j] = self._run_fused(chunks[j])
+
+            rest = [kernels._pool(threads - 1).submit(work, k) for k in range(1, threads)]
+            try:
+                work(0)
+            finally:
+                for f in rest:
+                    f.result()  # (re-raises a worker's error)
         return {out: parts[0] if len(parts) == 1 else torch.cat(parts)}
 
     def _run_fused(self, x: torch.Tensor) -> torch.Tensor:
