@@ -69,35 +69,42 @@ QAT_AVX512F int qat_residual_avx512(const int32_t *acc, const float *res, int64_
         return QAT_EARG;
     if ((bits && codes) || (codes && (p->code_type != QAT_U8 && p->code_type != QAT_I8)))
         return QAT_EARG;
-    for (px = 0; px < pixels; px++) {
-        int64_t base = px * c;
-        if (bits)
-            for (int64_t j = 0; j < cw; j++)
-                bits[px * cw + j] = 0;
-        for (int32_t c0 = 0; c0 < c; c0 += 16) {
-            int32_t m = c - c0 < 16 ? c - c0 : 16;
-            __mmask16 keep = (__mmask16)((1u << m) - 1u);
-            __m512 y = dequantize16(acc + base + c0, p, c0, keep);
-            if (p->mode & QAT_RES_BN) {
-                __m512 al = _mm512_maskz_loadu_ps(keep, p->alpha + c0), be = _mm512_maskz_loadu_ps(keep, p->beta + c0);
-                y = (p->mode & QAT_RES_BN_FMA) ? _mm512_fmadd_ps(y, al, be) : _mm512_add_ps(_mm512_mul_ps(y, al), be);
-            }
-            if (res)
-                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(keep, res + base + c0));
-            /* clamp as torch.clamp: x < lo -> lo, x > hi -> hi */
-            y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, _mm512_set1_ps(p->lo), _CMP_LT_OQ), y, _mm512_set1_ps(p->lo));
-            y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, _mm512_set1_ps(p->hi), _CMP_GT_OQ), y, _mm512_set1_ps(p->hi));
-            _mm512_mask_storeu_ps(out + base + c0, keep, y);
-            if (bits) { /* quantize sign: x >= 0 */
-                uint64_t on = (uint64_t)(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GE_OQ) & keep);
-                bits[px * cw + c0 / 64] |= on << (c0 % 64);
-            }
-            if (codes) { /* quantize affine: clamp(round_half_even(x * inv_scale) + zp, qlo, qhi) */
-                __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(p->inv_scale)),
-                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                q = _mm512_add_ps(q, _mm512_set1_ps(p->zero_point));
-                q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(p->qlo)), _mm512_set1_ps(p->qhi));
-                _mm512_mask_cvtepi32_storeu_epi8((int8_t *)codes + base + c0, keep, _mm512_cvttps_epi32(q));
+    {
+        /* the mode's branches and constants, read once (the stores below could alias *p for all
+         * the compiler knows, which would reload them every pixel) */
+        const int bn = (p->mode & QAT_RES_BN) != 0, fma = (p->mode & QAT_RES_BN_FMA) != 0;
+        const __m512 lo = _mm512_set1_ps(p->lo), hi = _mm512_set1_ps(p->hi), inv = _mm512_set1_ps(p->inv_scale);
+        const __m512 zp = _mm512_set1_ps(p->zero_point), qlo = _mm512_set1_ps(p->qlo), qhi = _mm512_set1_ps(p->qhi);
+        const float *alpha = p->alpha, *beta = p->beta;
+        for (px = 0; px < pixels; px++) {
+            int64_t base = px * c;
+            uint64_t word = 0; /* packed signs of the current 64 channels, stored once */
+            for (int32_t c0 = 0; c0 < c; c0 += 16) {
+                int32_t m = c - c0 < 16 ? c - c0 : 16;
+                __mmask16 keep = (__mmask16)((1u << m) - 1u);
+                __m512 y = dequantize16(acc + base + c0, p, c0, keep);
+                if (bn) {
+                    __m512 al = _mm512_maskz_loadu_ps(keep, alpha + c0), be = _mm512_maskz_loadu_ps(keep, beta + c0);
+                    y = fma ? _mm512_fmadd_ps(y, al, be) : _mm512_add_ps(_mm512_mul_ps(y, al), be);
+                }
+                if (res)
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(keep, res + base + c0));
+                /* clamp as torch.clamp: x < lo -> lo, x > hi -> hi */
+                y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), y, lo);
+                y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), y, hi);
+                _mm512_mask_storeu_ps(out + base + c0, keep, y);
+                if (bits) { /* quantize sign: x >= 0 */
+                    word |= (uint64_t)(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GE_OQ) & keep) << (c0 % 64);
+                    if (c0 % 64 == 48 || c0 + 16 >= c) {
+                        bits[px * cw + c0 / 64] = word;
+                        word = 0;
+                    }
+                }
+                if (codes) { /* quantize affine: clamp(round_half_even(x * inv_scale) + zp, qlo, qhi) */
+                    __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(y, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, zp), qlo), qhi);
+                    _mm512_mask_cvtepi32_storeu_epi8((int8_t *)codes + base + c0, keep, _mm512_cvttps_epi32(q));
+                }
             }
         }
     }
