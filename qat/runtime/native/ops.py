@@ -50,6 +50,34 @@ class serial:
         _LOCAL.serial = self.before
 
 
+class reuse:
+    """On the thread that enters it, ops write their outputs into buffers they keep from one call to
+    the next (``output``): the fused plan, whose values all die within a chunk but its output (which
+    ``plan.NativeProgram`` copies). Taking megabytes of fresh memory at every op, which the
+    allocator gives back to the system and faults in again, costs more than some kernels."""
+
+    def __enter__(self):
+        self.before, _LOCAL.reuse = getattr(_LOCAL, "reuse", False), True
+
+    def __exit__(self, *exc):
+        _LOCAL.reuse = self.before
+
+
+def output(owner, slot: int, shape, dtype) -> torch.Tensor:
+    """An uninitialised tensor for output ``slot`` of ``owner``: inside ``reuse``, the one the owner
+    keeps for this thread, shape and dtype (its previous contents dead by then); else a new one."""
+    if not getattr(_LOCAL, "reuse", False):
+        return torch.empty(shape, dtype=dtype)
+    kept = owner.__dict__.setdefault("_outputs", {})
+    key = (threading.get_ident(), slot, tuple(shape), dtype)
+    t = kept.get(key)
+    if t is None:
+        if len(kept) >= 32:  # (many batch sizes: keep the memory bounded)
+            kept.clear()
+        t = kept[key] = torch.empty(shape, dtype=dtype)
+    return t
+
+
 def parallel_rows(fn, rows: int, alone: dict | None = None) -> None:
     """``fn(row0, row1)`` over ``[0, rows)`` split into ``torch.get_num_threads()`` ranges (ctypes
     releases the GIL during each kernel call); the calling thread computes the first range.
@@ -164,10 +192,10 @@ class BinaryLayer(_Layer):
         g = self.geom(n)
         ww, thr, dr = self.ptrs
         if self.thr is None:
-            out = torch.empty(n, self.ho, self.wo, self.c_out, dtype=torch.int32)
+            out = output(self, 0, (n, self.ho, self.wo, self.c_out), torch.int32)
             acc, bits = L.ptr(out), None
         else:
-            out = torch.empty(n, self.ho, self.wo, sign_words(self.c_out), dtype=torch.int64)
+            out = output(self, 0, (n, self.ho, self.wo, sign_words(self.c_out)), torch.int64)
             acc, bits = None, L.ptr(out)
         xw, fn = L.ptr(x.words), self.fn
         parallel_rows(lambda r0, r1: L.check(fn(g, xw, ww, acc, thr, dr, bits, r0, r1), self.name), n * self.ho,
@@ -251,10 +279,10 @@ class IntLayer(_Layer):
         n = x.shape[0]
         g = self.geom(n)
         if self.rq is None:
-            out = torch.empty(n, self.ho, self.wo, self.c_out, dtype=torch.int32)
+            out = output(self, 0, (n, self.ho, self.wo, self.c_out), torch.int32)
             acc, rq, codes = L.ptr(out), None, None
         else:
-            out = torch.empty(n, self.ho, self.wo, self.c_out, dtype=self.out_dtype)
+            out = output(self, 0, (n, self.ho, self.wo, self.c_out), self.out_dtype)
             acc, rq, codes = None, self.rq, L.ptr(out)
         xp, wp, fn, x_type, zx = L.ptr(x), self.weights_ptr, self.fn, self.x_type, self.zx
 
@@ -299,7 +327,7 @@ class MaxPoolBits:
         n = x.words.shape[0]
         g = L.PoolGeom(n, *self.g)
         ho, wo = self.g[-2:]
-        out = torch.empty(n, ho, wo, x.words.shape[3], dtype=torch.int64)
+        out = output(self, 0, (n, ho, wo, x.words.shape[3]), torch.int64)
         xp, mp, op = L.ptr(x.words), L.ptr(self.mask), L.ptr(out)
         parallel_rows(lambda r0, r1: L.check(self.lib.qat_maxpool_bits(g, xp, mp, op, r0, r1), "maxpool bits"),
                       n * ho, self.alone)
@@ -318,7 +346,7 @@ class MaxPoolI32(NativeOp):
         n = x.shape[0]
         g = L.PoolGeom(n, *self.g)
         ho, wo = self.g[-2:]
-        out = torch.empty(n, ho, wo, self.chw[0], dtype=torch.int32)
+        out = output(self, 0, (n, ho, wo, self.chw[0]), torch.int32)
         xp, op = L.ptr(x), L.ptr(out)
         parallel_rows(lambda r0, r1: L.check(self.lib.qat_maxpool_i32(g, xp, op, r0, r1), self.name), n * ho,
                       self.alone)
@@ -334,7 +362,7 @@ class ThresholdPack(NativeOp):
     def run(self, env):
         x = as_nhwc(env[self.inputs[0]], self.chw).to(torch.int32).contiguous()
         n, h, w, c = x.shape
-        out = torch.empty(n, h, w, sign_words(c), dtype=torch.int64)
+        out = output(self, 0, (n, h, w, sign_words(c)), torch.int64)
         L.check(self.lib.qat_threshold_pack(L.ptr(x), n * h * w, c, L.ptr(self.thr), L.ptr(self.dir),
                                             L.ptr(out)), self.name)
         env[self.outputs[0]] = Packed(out, c, self.flat)
@@ -349,7 +377,7 @@ class Requantize(NativeOp):
     def run(self, env):
         x = as_nhwc(env[self.inputs[0]], self.chw).to(torch.int32).contiguous()
         n, h, w, c = x.shape
-        out = torch.empty(n, h, w, c, dtype=self.dtype)
+        out = output(self, 0, (n, h, w, c), self.dtype)
         L.check(self.lib.qat_requantize(L.ptr(x), n * h * w, c, self.rq, L.ptr(out)), self.name)
         env[self.outputs[0]] = Nhwc(out, self.flat)
 

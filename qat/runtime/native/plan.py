@@ -196,11 +196,13 @@ class NativeProgram:
 
     def _run_fused(self, x: torch.Tensor) -> torch.Tensor:
         env = {self.program.input_name: x}
-        for s, free in zip(self.plans[True], self.free):
-            s.run(env)
-            for name in free:
-                env.pop(name, None)
-        return reference(env[self.program.output_name]).contiguous()
+        with N.reuse():
+            for s, free in zip(self.plans[True], self.free):
+                s.run(env)
+                for name in free:
+                    env.pop(name, None)
+        # a copy: the output may be (a view of) a buffer its op writes again at the next call
+        return reference(env[self.program.output_name]).clone(memory_format=torch.contiguous_format)
 
 
 __all__ = ["NativeProgram", "NATIVE"]

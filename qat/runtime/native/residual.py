@@ -24,7 +24,7 @@ import torch
 from qat.runtime import quantize as Q
 from qat.runtime.native import library as L
 from qat.runtime.native.values import Nhwc, Packed, as_nhwc, reference, sign_words
-from qat.runtime.native.ops import NativeOp, parallel_rows
+from qat.runtime.native.ops import NativeOp, output, parallel_rows
 
 EXACT32, BN, BN_FMA, FLOAT_IN = 1, 2, 4, 8  # QAT_RES_* of qat_residual.h
 
@@ -151,12 +151,12 @@ class ResidualStage(NativeOp):
         n = acc.shape[0]
         c, h, w = self.chw
         res = None if self.res_name is None else self._nhwc_float(env[self.res_name])
-        out = torch.empty(n, h, w, c, dtype=torch.float32)
+        out = output(self, 0, (n, h, w, c), torch.float32)
         bits = codes = None
         if self.kind == "sign":
-            bits = torch.empty(n, h, w, sign_words(c), dtype=torch.int64)
+            bits = output(self, 1, (n, h, w, sign_words(c)), torch.int64)
         elif self.kind == "affine":
-            codes = torch.empty(n, h, w, c, dtype=self.code_dtype)
+            codes = output(self, 1, (n, h, w, c), self.code_dtype)
         ap, rp, op = L.ptr(acc), None if res is None else L.ptr(res), L.ptr(out)
         bp, cp = None if bits is None else L.ptr(bits), None if codes is None else L.ptr(codes)
         cw, pref = sign_words(c), ctypes.byref(self.p)

@@ -8,7 +8,7 @@ import torch
 
 from qat.export import export_model
 from qat.runtime import load
-from qat.runtime.native import choose_backend, library as L
+from qat.runtime.native import choose_backend, library as L, ops as N
 from qat.runtime.native.ops import IntLayer
 from qat.runtime.native.residual import ResidualStage
 from qat.runtime.native.values import NATIVE
@@ -163,3 +163,20 @@ def test_chunks_run_on_two_threads_give_the_same_output(monkeypatch, exports, re
     # inside a chunk, each kernel call ran whole on its thread: none was timed for a split
     assert [dict(getattr(s, "alone", {})) for s in prog.native.plans[True]] == timed
 
+
+
+@pytest.mark.parametrize("recipe", ["bnn", "qat_uint8"])
+def test_ops_reuse_their_output_buffers_and_the_output_is_a_copy(exports, recipe):
+    folder, x, want, prog = _native_and_reference(exports, recipe)
+    other = inputs(5) * -1.5
+    kept = lambda: {(i, k): t.data_ptr() for i, s in enumerate(prog.native.plans[True])  # noqa: E731
+                    for k, t in getattr(s, "_outputs", {}).items()}
+    first = prog(x)
+    buffers = kept()
+    assert len(buffers) >= sum(isinstance(s, N.NativeOp) for s in prog.native.plans[True])
+    second = prog(other)
+    assert kept() == buffers  # the same buffers, written again
+    assert torch.equal(first, want)  # not overwritten by the second call
+    assert torch.equal(second, load(folder, backend="reference")(other))
+    prog.run(x, keep=True)  # the unfused plan (every value returned) takes fresh tensors
+    assert kept() == buffers
