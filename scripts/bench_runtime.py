@@ -252,6 +252,22 @@ def markdown(results: list[dict]) -> str:
                        f"{r['fp32_img_s']:,.0f} | {r['native_img_s'] / r['fp32_img_s']:.2f}x | "
                        + (f"{ort:,.0f} | {r['native_img_s'] / ort:.2f}x" if ort else "- | -")
                        + f" | {r['native_equals_reference']} |")
+        groups: dict = {}
+        for r in nets:
+            groups.setdefault((r["network"], r["threads"], r["batch"]), []).append(r)
+        if any(len(g) > 1 for g in groups.values()):  # several runs (processes): median and range
+            def spread(vals):
+                return f"{statistics.median(vals):.2f}x ({min(vals):.2f} to {max(vals):.2f})"
+
+            out += ["", "| network | threads | batch | runs | native / fp32: median (range) | "
+                    "native / onnxruntime: median (range) | native img/s (median) | fp32 img/s (median) |",
+                    "| --- | " + " | ".join(["---:"] * 7) + " |"]
+            for (name, t, b), g in groups.items():
+                ort = [r["native_img_s"] / r["onnxruntime_img_s"] for r in g if r.get("onnxruntime_img_s")]
+                out.append(f"| {name} | {t} | {b} | {len(g)} | "
+                           f"{spread([r['native_img_s'] / r['fp32_img_s'] for r in g])} | "
+                           f"{spread(ort) if ort else '-'} | {statistics.median(r['native_img_s'] for r in g):,.0f} | "
+                           f"{statistics.median(r['fp32_img_s'] for r in g):,.0f} |")
         ref = [r for r in nets if "reference_img_s" in r]
         if ref:
             out += ["", "| network | threads | batch | native img/s | reference img/s | native / reference |",
