@@ -16,23 +16,30 @@
 
 #define QAT_AVX512F __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 
+/* The dequantization's constants, read once per call */
+typedef struct dq_consts {
+    int float_in, exact32;
+    const float *scale, *bias;
+    const double *scale64;
+} dq_consts;
+
 /* 16 channels c0 .. c0 + 15 of one pixel (keep: the channels that exist) */
-QAT_AVX512F static inline __m512 dequantize16(const int32_t *acc, const qat_residual *p, int32_t c0, __mmask16 keep)
+QAT_AVX512F static inline __m512 dequantize16(const int32_t *acc, const dq_consts *d, int32_t c0, __mmask16 keep)
 {
     __m512i a = _mm512_maskz_loadu_epi32(keep, acc);
-    if (p->mode & QAT_RES_FLOAT_IN) /* the bits of float32 inputs */
+    if (d->float_in) /* the bits of float32 inputs */
         return _mm512_castsi512_ps(a);
-    if (p->mode & QAT_RES_EXACT32) { /* float32: acc * scale (+ bias), two roundings */
-        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_maskz_loadu_ps(keep, p->scale + c0));
-        return p->dq_bias ? _mm512_add_ps(y, _mm512_maskz_loadu_ps(keep, p->dq_bias + c0)) : y;
+    if (d->exact32) { /* float32: acc * scale (+ bias), two roundings */
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_maskz_loadu_ps(keep, d->scale + c0));
+        return d->bias ? _mm512_add_ps(y, _mm512_maskz_loadu_ps(keep, d->bias + c0)) : y;
     } else { /* float64: acc * scale (+ bias), rounded to float32 once at the end */
         __m512d lo = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(a)),
-                                   _mm512_maskz_loadu_pd((__mmask8)keep, p->scale64 + c0));
+                                   _mm512_maskz_loadu_pd((__mmask8)keep, d->scale64 + c0));
         __m512d hi = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)),
-                                   _mm512_maskz_loadu_pd((__mmask8)(keep >> 8), p->scale64 + c0 + 8));
-        if (p->dq_bias) {
-            lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)keep, p->dq_bias + c0)));
-            hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)(keep >> 8), p->dq_bias + c0 + 8)));
+                                   _mm512_maskz_loadu_pd((__mmask8)(keep >> 8), d->scale64 + c0 + 8));
+        if (d->bias) {
+            lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)keep, d->bias + c0)));
+            hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)(keep >> 8), d->bias + c0 + 8)));
         }
         return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1);
     }
@@ -70,40 +77,38 @@ QAT_AVX512F int qat_residual_avx512(const int32_t *acc, const float *res, int64_
     if ((bits && codes) || (codes && (p->code_type != QAT_U8 && p->code_type != QAT_I8)))
         return QAT_EARG;
     {
-        /* the mode's branches and constants, read once (the stores below could alias *p for all
-         * the compiler knows, which would reload them every pixel) */
+        /* block by block of 16 channels, each over all pixels: the block's constants stay in
+         * registers, and the mode's branches are the same for every pixel */
         const int bn = (p->mode & QAT_RES_BN) != 0, fma = (p->mode & QAT_RES_BN_FMA) != 0;
         const __m512 lo = _mm512_set1_ps(p->lo), hi = _mm512_set1_ps(p->hi), inv = _mm512_set1_ps(p->inv_scale);
         const __m512 zp = _mm512_set1_ps(p->zero_point), qlo = _mm512_set1_ps(p->qlo), qhi = _mm512_set1_ps(p->qhi);
-        const float *alpha = p->alpha, *beta = p->beta;
-        for (px = 0; px < pixels; px++) {
-            int64_t base = px * c;
-            uint64_t word = 0; /* packed signs of the current 64 channels, stored once */
-            for (int32_t c0 = 0; c0 < c; c0 += 16) {
-                int32_t m = c - c0 < 16 ? c - c0 : 16;
-                __mmask16 keep = (__mmask16)((1u << m) - 1u);
-                __m512 y = dequantize16(acc + base + c0, p, c0, keep);
-                if (bn) {
-                    __m512 al = _mm512_maskz_loadu_ps(keep, alpha + c0), be = _mm512_maskz_loadu_ps(keep, beta + c0);
+        const dq_consts d = {(p->mode & QAT_RES_FLOAT_IN) != 0, (p->mode & QAT_RES_EXACT32) != 0, p->scale, p->dq_bias,
+                             p->scale64};
+        for (int32_t c0 = 0; c0 < c; c0 += 16) {
+            int32_t m = c - c0 < 16 ? c - c0 : 16, sh = c0 % 64;
+            __mmask16 keep = (__mmask16)((1u << m) - 1u);
+            __m512 al = bn ? _mm512_maskz_loadu_ps(keep, p->alpha + c0) : _mm512_setzero_ps();
+            __m512 be = bn ? _mm512_maskz_loadu_ps(keep, p->beta + c0) : _mm512_setzero_ps();
+            uint64_t *word = bits ? bits + c0 / 64 : NULL;
+            for (px = 0; px < pixels; px++) {
+                int64_t at = px * c + c0;
+                __m512 y = dequantize16(acc + at, &d, c0, keep);
+                if (bn)
                     y = fma ? _mm512_fmadd_ps(y, al, be) : _mm512_add_ps(_mm512_mul_ps(y, al), be);
-                }
                 if (res)
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(keep, res + base + c0));
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(keep, res + at));
                 /* clamp as torch.clamp: x < lo -> lo, x > hi -> hi */
                 y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), y, lo);
                 y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), y, hi);
-                _mm512_mask_storeu_ps(out + base + c0, keep, y);
-                if (bits) { /* quantize sign: x >= 0 */
-                    word |= (uint64_t)(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GE_OQ) & keep) << (c0 % 64);
-                    if (c0 % 64 == 48 || c0 + 16 >= c) {
-                        bits[px * cw + c0 / 64] = word;
-                        word = 0;
-                    }
+                _mm512_mask_storeu_ps(out + at, keep, y);
+                if (word) { /* quantize sign: x >= 0 (the word's first block stores it, the others OR) */
+                    uint64_t on = (uint64_t)(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GE_OQ) & keep) << sh;
+                    word[px * cw] = sh ? word[px * cw] | on : on;
                 }
                 if (codes) { /* quantize affine: clamp(round_half_even(x * inv_scale) + zp, qlo, qhi) */
                     __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(y, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
                     q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, zp), qlo), qhi);
-                    _mm512_mask_cvtepi32_storeu_epi8((int8_t *)codes + base + c0, keep, _mm512_cvttps_epi32(q));
+                    _mm512_mask_cvtepi32_storeu_epi8((int8_t *)codes + at, keep, _mm512_cvttps_epi32(q));
                 }
             }
         }
