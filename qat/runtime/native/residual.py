@@ -138,7 +138,9 @@ class ResidualStage(NativeOp):
         self.p, self.keep, self.q = p, keep, q
 
     def _nhwc_float(self, v) -> torch.Tensor:
-        """A float value (NCHW, a channels_last view of a stage's output, or [n, c]) as NHWC."""
+        """A float value (a stage's NHWC output, NCHW, or [n, c]) as NHWC."""
+        if type(v) is Nhwc and v.data.dtype == torch.float32 and v.flat == self.flat and v.chw == self.chw:
+            return v.data  # (another stage's output: no permutes)
         t = reference(v)
         c, h, w = self.chw
         if t.dtype != torch.float32 or tuple(t.shape[1:]) != ((c,) if self.flat else (c, h, w)):
@@ -169,8 +171,8 @@ class ResidualStage(NativeOp):
                 self.name)
 
         parallel_rows(part, n * h, self.alone)
-        if self.needs_value:  # the reference's NCHW value, channels_last
-            env[self.value] = out.reshape(n, c) if self.flat else out.permute(0, 3, 1, 2)
+        if self.needs_value:  # NHWC; a reference op reads it as a channels_last NCHW view
+            env[self.value] = Nhwc(out, self.flat)
         if bits is not None:
             env[self.q.outputs[0]] = Packed(bits, c, self.flat)
         elif codes is not None:

@@ -38,7 +38,8 @@ class Packed:
 
 
 class Nhwc:
-    """An integer tensor ``data [n, h, w, c]`` (accumulators or codes); ``flat`` as for Packed."""
+    """A tensor ``data [n, h, w, c]``: accumulators or codes, or a fused float stage's value; ``flat``
+    as for Packed."""
 
     __slots__ = ("data", "flat")
 
