@@ -9,9 +9,9 @@
 
 /* ---- reduction rows of the dense layout (c_in not a multiple of 64) from row streams: the input
  * line iy as one bit array of (pw + w + pw) c_in bits (pixels concatenated, zero padding at both
- * ends), so that the kw positions of a window in that line are one contiguous run of kw c_in bits,
- * copied into the reduction row in pieces of at most 57 bits (one unaligned 8-byte load each).
- * The line's streams are built once per output row instead of one insertion per kernel position
+ * ends), so that the kw positions of a window in that line are one contiguous run of kw c_in bits.
+ * A line's stream is built once and kept while the next output rows read it; a window's row is cut
+ * from the kh streams by the layer's recipe (below) instead of one insertion per kernel position
  * per pixel. x86-64 only (little-endian byte addressing of the words). */
 #define QAT_STREAM_WORDS 2048 /* all kh streams of one output row, the column mask, a zero stream */
 #define PIECE 57
