@@ -88,6 +88,7 @@ _SIGNATURES = {
     "qat_maxpool_bits": ([_PG, _P, _P, _P, _I, _I], ctypes.c_int),
     "qat_bn_constants": ([_P, _P, _P, _P, ctypes.c_float, _I, _I, _P, _P], ctypes.c_int),
     "qat_residual_avx512": ([_P, _P, ctypes.c_int64, _I, _P, _P, _P, _P], ctypes.c_int),
+    "qat_threshold_nchw_avx512": ([_P, ctypes.c_int64, _I, ctypes.c_int64, _P, _P, _P], ctypes.c_int),
 }
 for _isa in ISAS:
     _SIGNATURES[f"qat_binary_conv2d_{_isa}"] = ([_G, _P, _P, _P, _P, _P, _P, _I, _I], ctypes.c_int)

@@ -17,7 +17,7 @@ import torch
 from qat.runtime import kernels
 from qat.runtime.native import ops as N
 from qat.runtime.shape_ops import OPS as SHAPE_OPS
-from qat.runtime.native.residual import residual_stage
+from qat.runtime.native.residual import FloatThreshold, residual_stage
 from qat.runtime.native.values import NATIVE, reference
 
 
@@ -113,6 +113,9 @@ class NativeProgram:
                     step = N.MaxPoolI32(self.lib, op.spec, _chw(self.values, op.inputs[0]))
                 elif kind == "threshold" and op.inputs[0] in native_i32:
                     step = N.ThresholdPack(self.lib, op, _chw(self.values, op.inputs[0]), self._flat(op))
+                elif (kind == "threshold" and op.spec["domain"] == "float" and fuse and self.isa == "avx512"
+                      and len(self.values[op.inputs[0]]["shape"]) in (2, 4)):
+                    step = FloatThreshold(self.lib, op, _chw(self.values, op.inputs[0]), self._flat(op))
                 elif kind == "requantize" and op.inputs[0] in native_i32:
                     step = N.Requantize(self.lib, op, _chw(self.values, op.inputs[0]), self._flat(op))
                 elif (kind == "flatten" and op.inputs[0] in native_vals and int(op.spec["start_dim"]) == 1

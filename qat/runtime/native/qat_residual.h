@@ -34,4 +34,10 @@ int qat_residual_avx512(const int32_t *acc, const float *res, int64_t pixels, in
 int qat_bn_constants(const float *mean, const float *var, const float *w, const float *b, float eps,
                      int32_t c, int32_t fma, float *alpha, float *beta);
 
+/* The float threshold (BatchNorm + sign folded, on float values) written as packed signs: x float32
+ * NCHW [n][c][hw] -> bits [n][hw][ceil(c / 64)], bit = (x >= T[ch]) for dir[ch] = +1, its negation
+ * for dir[ch] = -1 (a NaN compares false). QAT_OK, or QAT_EARG for inconsistent arguments. */
+int qat_threshold_nchw_avx512(const float *x, int64_t n, int32_t c, int64_t hw, const float *T,
+                              const int8_t *dir, uint64_t *bits);
+
 #endif /* QAT_RESIDUAL_H */

@@ -12,6 +12,9 @@ view) and the next layer's packed signs or 8-bit codes. Its float32 arithmetic i
 operation by operation; torch's BatchNorm kernel computes ``y * alpha + beta`` with or without a
 fused multiply-add depending on its build and CPU, so each stage is checked at load on a probe
 against the reference ops (every variant in turn) and left to them where none agrees.
+
+``FloatThreshold``: a ``threshold`` on float values (a float first layer's BatchNorm + sign) written
+straight as the next binary layer's packed signs, one compare per value, exact.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from qat.runtime import quantize as Q
 from qat.runtime.native import library as L
 from qat.runtime.native.values import Nhwc, Packed, as_nhwc, reference, sign_words
-from qat.runtime.native.ops import NativeOp, output, parallel_rows
+from qat.runtime.native.ops import NativeOp, NotNative, output, parallel_rows
 
 EXACT32, BN, BN_FMA, FLOAT_IN = 1, 2, 4, 8  # QAT_RES_* of qat_residual.h
 
@@ -227,3 +230,28 @@ def _agrees(stage, roles, plan, chw) -> bool:
         got[stage.res_name] = env[stage.res_name]
     stage.run(got)
     return all(torch.equal(reference(got[k]).contiguous(), want[k]) for k in stage.outputs)
+
+
+class FloatThreshold(NativeOp):
+    """A float-domain ``threshold`` op (NCHW, or ``[n, c]``) -> packed signs (``Packed``)."""
+
+    def __init__(self, lib, ref_op, chw, flat: bool):
+        super().__init__(ref_op.inputs, ref_op.outputs, ref_op.name)
+        self.lib, self.chw, self.flat = lib, chw, flat
+        c = chw[0]
+        t, d = ref_op.t.to(torch.float32).reshape(-1), torch.where(ref_op.up, 1, -1).to(torch.int8).reshape(-1)
+        if t.numel() not in (1, c) or d.numel() not in (1, c):
+            raise NotNative(f"{self.name}: {t.numel()} thresholds for {c} channels")
+        self.t, self.dir = t.expand(c).contiguous(), d.expand(c).contiguous()  # (one value: every channel)
+
+    def run(self, env):
+        c, h, w = self.chw
+        x = reference(env[self.inputs[0]])
+        if x.dtype != torch.float32 or x.numel() != x.shape[0] * c * h * w:
+            raise ValueError(f"{self.name}: float input of {x.dtype} {list(x.shape)}")
+        x = x.reshape(x.shape[0], c, h, w).contiguous()  # (a copy only for a channels_last input)
+        n = x.shape[0]
+        bits = output(self, 0, (n, h, w, sign_words(c)), torch.int64)
+        L.check(self.lib.qat_threshold_nchw_avx512(L.ptr(x), n, c, h * w, L.ptr(self.t), L.ptr(self.dir),
+                                                   L.ptr(bits)), self.name)
+        env[self.outputs[0]] = Packed(bits, c, self.flat)

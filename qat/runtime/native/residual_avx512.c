@@ -116,4 +116,36 @@ QAT_AVX512F int qat_residual_avx512(const int32_t *acc, const float *res, int64_
     return QAT_OK;
 }
 
+QAT_AVX512F int qat_threshold_nchw_avx512(const float *x, int64_t n, int32_t c, int64_t hw, const float *T,
+                                          const int8_t *dir, uint64_t *bits)
+{
+    int64_t cw = qat_sign_words(c), img, p0;
+    if (!x || !T || !dir || !bits || n < 0 || c < 1 || hw < 1 || hw > QAT_MAX_ELEMS / c || n > QAT_MAX_ELEMS / (hw * c))
+        return QAT_EARG;
+    for (img = 0; img < n; img++)
+        for (p0 = 0; p0 < hw; p0 += 16) { /* 16 pixels of each channel plane, one word group at a time */
+            int32_t m = hw - p0 < 16 ? (int32_t)(hw - p0) : 16;
+            __mmask16 keep = (__mmask16)((1u << m) - 1u);
+            for (int64_t j = 0; j < cw; j++) {
+                __m512i lo = _mm512_setzero_si512(), hi = lo; /* the words of pixels p0 .. p0 + 7, + 8 .. 15 */
+                uint64_t words[16];
+                int32_t c1 = (int32_t)(64 * j + 64 < c ? 64 * j + 64 : c);
+                for (int32_t ch = (int32_t)(64 * j); ch < c1; ch++) {
+                    __m512 v = _mm512_maskz_loadu_ps(keep, x + (img * c + ch) * hw + p0);
+                    /* plus = (v >= T) == up: the compare (false for NaN), flipped for direction -1 */
+                    __mmask16 on = _mm512_cmp_ps_mask(v, _mm512_set1_ps(T[ch]), _CMP_GE_OQ);
+                    __m512i bit = _mm512_set1_epi64((long long)((uint64_t)1 << (ch % 64)));
+                    on = (__mmask16)(dir[ch] < 0 ? ~on : on);
+                    lo = _mm512_or_si512(lo, _mm512_maskz_mov_epi64((__mmask8)on, bit));
+                    hi = _mm512_or_si512(hi, _mm512_maskz_mov_epi64((__mmask8)(on >> 8), bit));
+                }
+                _mm512_storeu_si512(words, lo);
+                _mm512_storeu_si512(words + 8, hi);
+                for (int32_t k = 0; k < m; k++)
+                    bits[(img * hw + p0 + k) * cw + j] = words[k];
+            }
+        }
+    return QAT_OK;
+}
+
 #endif

@@ -10,7 +10,7 @@ from qat.export import export_model
 from qat.runtime import load
 from qat.runtime.native import choose_backend, library as L, ops as N
 from qat.runtime.native.ops import IntLayer
-from qat.runtime.native.residual import ResidualStage
+from qat.runtime.native.residual import FloatThreshold, ResidualStage
 from qat.runtime.native.values import NATIVE
 from tests.export.models import NORM, RECIPES, SHAPE, deployed, inputs
 from tests.runtime.native.isas import ALL_ISAS
@@ -65,6 +65,8 @@ def test_every_value_is_bit_identical(exports, model, recipe, isa):
     if isa == "avx512" and recipe in ("qat_uint8", "admm_ternary_uint8"):  # int8 weights, uint8 codes: all on VNNI
         kernels = {s.kernel for s in prog.native.plans[True] if isinstance(s, IntLayer)}
         assert kernels == {"avx512"}
+    if isa == "avx512" and model == "vgg_small" and recipe == "bnn":  # the float first layer's threshold
+        assert any(isinstance(s, FloatThreshold) for s in prog.native.plans[True])
     if isa == "avx512" and model == "resnet20" and recipe in EXPECT_NATIVE:  # each block's float chain fused
         stages = [s for s in prog.native.plans[True] if isinstance(s, ResidualStage)]
         assert len(stages) >= 9, [s.name for s in stages]

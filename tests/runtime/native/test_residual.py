@@ -114,3 +114,38 @@ def test_kernel_against_torch_float32(c, pixels, exact32, bias, bn, res, clamp, 
     else:
         q = (torch.round(y * torch.tensor(p.inv_scale, dtype=torch.float32)) + p.zero_point).clamp(p.qlo, p.qhi)
         assert torch.equal(codes, q.to(codes.dtype))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 150), h=st.integers(1, 7), w=st.integers(1, 7), flat=st.booleans(),
+       one=st.booleans(), seed=st.integers(0, 2 ** 31))
+def test_float_threshold_writes_the_reference_signs(n, c, h, w, flat, one, seed):
+    """``FloatThreshold`` (``qat_threshold_nchw_avx512``) against the reference ``threshold`` op on
+    values that hit the thresholds, signed zeros, infinities and NaN; one threshold for every
+    channel or one each; ``[n, c]`` values (flat) too."""
+    from types import SimpleNamespace
+
+    from qat.runtime.ops import Threshold
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = (1, 1) if flat else (h, w)
+    k = 1 if one else c
+    t = torch.randn(k, generator=g)
+    d = torch.where(torch.rand(k, generator=g) < 0.5, 1, -1).to(torch.int8)
+    x = torch.randn(n, c, h, w, generator=g)
+    pick = torch.rand(x.shape, generator=g)
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")])
+    x = torch.where(pick < 0.2, t.view(1, -1, 1, 1).expand_as(x), x)  # exactly at the threshold
+    x = torch.where(pick > 0.9, special[torch.randint(0, 5, x.shape, generator=g)], x)
+    x = x.reshape(n, c) if flat else x
+    spec = {"op": "threshold", "name": "t", "inputs": ["y"], "outputs": ["s"], "domain": "float",
+            "threshold": "T", "direction": "D"}
+    values = {"y": {"shape": [-1, c] if flat else [-1, c, h, w], "dtype": "float32"}}
+    ref = Threshold(spec, {"T": t.numpy(), "D": d.numpy()}, values)
+    want = {"y": x}
+    ref.run(want)
+    stage = R.FloatThreshold(L.load_library(), SimpleNamespace(t=ref.t, up=ref.up, inputs=["y"], outputs=["s"], name="t"),
+                             (c, h, w), flat)
+    got = {"y": x}
+    stage.run(got)
+    assert torch.equal(got["s"].reference(), want["s"])
