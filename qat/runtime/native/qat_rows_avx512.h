@@ -14,14 +14,7 @@
  * from the kh streams by the layer's recipe (below) instead of one insertion per kernel position
  * per pixel. x86-64 only (little-endian byte addressing of the words). */
 #define QAT_STREAM_WORDS 2048 /* all kh streams of one output row, the column mask, a zero stream */
-#define PIECE 57
-
-static inline uint64_t get_bits(const uint64_t *s, int64_t off, int n) /* bits [off, off + n), n <= 57 */
-{
-    uint64_t v;
-    memcpy(&v, (const unsigned char *)s + (off >> 3), sizeof v);
-    return (v >> (off & 7)) & ((((uint64_t)1) << n) - 1);
-}
+#define PIECE 57 /* set_ones' pieces: a mask of k < 64 ones is (1 << k) - 1 */
 
 static inline void or_bits(uint64_t *d, int64_t off, uint64_t v, int n) /* d[off, off + n) |= v */
 {
@@ -73,13 +66,10 @@ static inline void put_bits(bitwriter *b, uint64_t v, int n) /* n <= 64, v < 2^n
     }
 }
 
-static inline void put_run(bitwriter *b, const uint64_t *s, int64_t soff, int64_t n, int zeros)
+static inline void put_zeros(bitwriter *b, int64_t n)
 {
-    int64_t done;
-    for (done = 0; done < n; done += PIECE) {
-        int k = n - done < PIECE ? (int)(n - done) : PIECE;
-        put_bits(b, zeros ? 0 : get_bits(s, soff + done, k), k);
-    }
+    for (int64_t done = 0; done < n; done += 64)
+        put_bits(b, 0, n - done < 64 ? (int)(n - done) : 64);
 }
 
 static inline void finish(bitwriter *b, int64_t words)
@@ -95,7 +85,7 @@ static inline void build_stream(const qat_conv_geom *g, const uint64_t *x, int32
 {
     int64_t sw = stream_words(g), cw = qat_sign_words(g->c_in), ix, pad = (int64_t)g->pw * g->c_in;
     bitwriter b = {s, 0, 0, 0};
-    put_run(&b, s, 0, pad, 1);
+    put_zeros(&b, pad);
     for (ix = 0; ix < g->w; ix++) { /* the pixel's words, read whole (never past its last word) */
         const uint64_t *src = x + (((int64_t)img * g->h + iy) * g->w + ix) * cw;
         for (int64_t done = 0; done < g->c_in; done += 64) {
