@@ -78,15 +78,9 @@ QAT_AVX512 static inline void emit_block(const qat_conv_geom *g, int64_t pixel0,
                                          const int32_t *nvalid, const __m512i *t, int32_t *acc, const int32_t *T,
                                          const int8_t *dir, uint64_t *bits, uint64_t *word)
 {
-    int32_t oc0 = (int32_t)b * QAT_OC_BLOCK;
-    int64_t cwo = qat_sign_words(g->c_out);
-    for (int32_t p = 0; p < np; p++) {
-        if (oc0 % 64 == 0)
-            word[p] = 0;
-        qat_emit16(g, pixel0 + p, oc0, _mm512_set1_epi32(nvalid[p]), t[2 * p], t[2 * p + 1], acc, T, dir, &word[p]);
-        if (bits && (oc0 % 64 == 64 - QAT_OC_BLOCK || b == nblk - 1)) /* the word is complete */
-            bits[(pixel0 + p) * cwo + oc0 / 64] = word[p];
-    }
+    for (int32_t p = 0; p < np; p++)
+        qat_emit16_word(g, pixel0 + p, b, nblk, _mm512_set1_epi32(nvalid[p]), t[2 * p], t[2 * p + 1], acc, T, dir,
+                        bits, &word[p]);
 }
 
 /* output row r from the rows of 8 pixels at a time (byte_rows) */

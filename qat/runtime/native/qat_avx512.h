@@ -30,4 +30,18 @@ QAT_AVX512 static inline void qat_emit16(const qat_conv_geom *g, int64_t pixel, 
     }
 }
 
+/* qat_emit16 of block b (of nblk) for one pixel, keeping its packed word of the current 64 channels:
+ * zeroed at the first block of the word, stored once the word is complete */
+QAT_AVX512 static inline void qat_emit16_word(const qat_conv_geom *g, int64_t pixel, int64_t b, int64_t nblk,
+                                              __m512i base, __m512i lo, __m512i hi, int32_t *acc, const int32_t *T,
+                                              const int8_t *dir, uint64_t *bits, uint64_t *word)
+{
+    int32_t oc0 = (int32_t)b * QAT_OC_BLOCK;
+    if (oc0 % 64 == 0)
+        *word = 0;
+    qat_emit16(g, pixel, oc0, base, lo, hi, acc, T, dir, word);
+    if (bits && (oc0 % 64 == 64 - QAT_OC_BLOCK || b == nblk - 1))
+        bits[pixel * qat_sign_words(g->c_out) + oc0 / 64] = *word;
+}
+
 #endif /* QAT_AVX512_H */

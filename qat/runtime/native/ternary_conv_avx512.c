@@ -47,7 +47,6 @@ QAT_AVX512 static inline void emit_block(const qat_conv_geom *g, const qat_terna
                                          uint64_t *word)
 {
     int32_t oc0 = (int32_t)b * QAT_OC_BLOCK, oy = r % g->ho;
-    int64_t cwo = qat_sign_words(g->c_out);
     __m512i nnz = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_loadu_si512(tp->counts + oc0))),
                                      _mm512_cvtepi64_epi32(_mm512_loadu_si512(tp->counts + oc0 + 8)), 1);
     for (int32_t p = 0; p < np; p++) {
@@ -58,11 +57,7 @@ QAT_AVX512 static inline void emit_block(const qat_conv_geom *g, const qat_terna
             qat_ternary_padded(g, tp, b, oy, ox + p, pad);
             base = _mm512_add_epi32(base, _mm512_loadu_si512(pad));
         }
-        if (oc0 % 64 == 0)
-            word[p] = 0;
-        qat_emit16(g, pixel, oc0, base, t[2 * p], t[2 * p + 1], acc, T, dir, &word[p]);
-        if (bits && (oc0 % 64 == 64 - QAT_OC_BLOCK || b == nblk - 1)) /* the word is complete */
-            bits[pixel * cwo + oc0 / 64] = word[p];
+        qat_emit16_word(g, pixel, b, nblk, base, t[2 * p], t[2 * p + 1], acc, T, dir, bits, &word[p]);
     }
 }
 
