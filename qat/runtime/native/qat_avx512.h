@@ -41,7 +41,7 @@ QAT_AVX512 static inline void qat_emit16_word(const qat_conv_geom *g, int64_t pi
         *word = 0;
     qat_emit16(g, pixel, oc0, base, lo, hi, acc, T, dir, word);
     if (bits && (oc0 % 64 == 64 - QAT_OC_BLOCK || b == nblk - 1))
-        bits[pixel * qat_sign_words(g->c_out) + oc0 / 64] = *word;
+        bits[pixel * ((g->c_out + 63) / 64) + oc0 / 64] = *word; /* (qat_sign_words, inline) */
 }
 
 #endif /* QAT_AVX512_H */
