@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -39,28 +40,40 @@ SPLIT_SECONDS = 2e-4
 _LOCAL = threading.local()
 
 
-class serial:
+@contextmanager
+def _thread_flag(name: str):
+    """Sets ``name`` on the calling thread for the block, then restores what it was."""
+    before = getattr(_LOCAL, name, False)
+    setattr(_LOCAL, name, True)
+    try:
+        yield
+    finally:
+        setattr(_LOCAL, name, before)
+
+
+def serial():
     """On the thread that enters it, kernel calls run whole on that thread: its caller already runs
     separate images on the other threads (``plan.NativeProgram.run``)."""
-
-    def __enter__(self):
-        self.before, _LOCAL.serial = getattr(_LOCAL, "serial", False), True
-
-    def __exit__(self, *exc):
-        _LOCAL.serial = self.before
+    return _thread_flag("serial")
 
 
-class reuse:
+def reuse():
     """On the thread that enters it, ops write their outputs into buffers they keep from one call to
     the next (``output``): the fused plan, whose values all die within a chunk but its output (which
     ``plan.NativeProgram`` copies). Taking megabytes of fresh memory at every op, which the
     allocator gives back to the system and faults in again, costs more than some kernels."""
+    return _thread_flag("reuse")
 
-    def __enter__(self):
-        self.before, _LOCAL.reuse = getattr(_LOCAL, "reuse", False), True
 
-    def __exit__(self, *exc):
-        _LOCAL.reuse = self.before
+def on_threads(fn, threads: int) -> None:
+    """``fn(0)`` on the calling thread and ``fn(1) .. fn(threads - 1)`` on the pool's, at once;
+    returns when all are done (re-raising a worker's error)."""
+    rest = [kernels._pool(threads - 1).submit(fn, i) for i in range(1, threads)]
+    try:
+        fn(0)
+    finally:
+        for f in rest:
+            f.result()
 
 
 def output(owner, slot: int, shape, dtype) -> torch.Tensor:
@@ -103,12 +116,7 @@ def parallel_rows(fn, rows: int, alone: dict | None = None) -> None:
         fn(0, rows)
         return
     bounds = [rows * i // threads for i in range(threads + 1)]
-    rest = [kernels._pool(threads - 1).submit(fn, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    try:
-        fn(bounds[0], bounds[1])
-    finally:
-        for f in rest:
-            f.result()  # (re-raises a worker's error)
+    on_threads(lambda i: fn(bounds[i], bounds[i + 1]), threads)
 
 
 def pool_out_size(size, k, s, p, d, ceil_mode) -> int:

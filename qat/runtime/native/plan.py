@@ -14,7 +14,6 @@ from collections import Counter
 
 import torch
 
-from qat.runtime import kernels
 from qat.runtime.native import ops as N
 from qat.runtime.shape_ops import OPS as SHAPE_OPS
 from qat.runtime.native.residual import FloatThreshold, residual_stage
@@ -189,12 +188,7 @@ class NativeProgram:
                     for j in range(first, len(chunks), threads):
                         parts[j] = self._run_fused(chunks[j])
 
-            rest = [kernels._pool(threads - 1).submit(work, k) for k in range(1, threads)]
-            try:
-                work(0)
-            finally:
-                for f in rest:
-                    f.result()  # (re-raises a worker's error)
+            N.on_threads(work, threads)
         return {out: parts[0] if len(parts) == 1 else torch.cat(parts)}
 
     def _run_fused(self, x: torch.Tensor) -> torch.Tensor:
